@@ -1,0 +1,33 @@
+"""snncutoff: how early may a spiking neural network stop?
+
+The core is backend-agnostic (torch and numpy only):
+
+- :class:`Trace` — cumulative outputs ``[T, N, C]`` of an SNN on labelled data;
+- :func:`optimal_cutoff` — the oracle Optimal Cutoff Timestep (OCT) per sample;
+- :mod:`snncutoff.cutoff` — run-time policies (``Timestep``, ``TopKGap``,
+  ``Confidence``, ``Conformal``) with ``fit`` / ``evaluate`` / ``exit_now``;
+- :func:`sweep` — many epsilons or alphas from the same traces.
+
+Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.backends`.
+"""
+
+from .cutoff import Confidence, Conformal, CutoffPolicy, Timestep, TopKGap, sweep
+from .oct import optimal_cutoff
+from .result import CutoffResult
+from .trace import Trace
+from .validation import NotFittedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Confidence",
+    "Conformal",
+    "CutoffPolicy",
+    "CutoffResult",
+    "NotFittedError",
+    "Timestep",
+    "TopKGap",
+    "Trace",
+    "optimal_cutoff",
+    "sweep",
+]

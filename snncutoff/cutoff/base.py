@@ -1,0 +1,175 @@
+"""``CutoffPolicy``: the scikit-learn-style shell shared by every cutoff rule.
+
+A policy turns cumulative outputs into a per-step score ``[T, N]`` and compares it
+with a per-step threshold ``[T]``; sample n exits at the first step whose score
+passes, and at step T at the latest. ``evaluate`` (a whole trace) and ``exit_now``
+(one step, on-line) call the same ``_scores`` and ``_passes``, so they agree sample
+by sample. ``__init__`` only stores hyper-parameters; ``fit`` learns thresholds
+(attributes ending in ``_``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..result import CutoffResult
+from ..trace import Trace
+from ..validation import NotFittedError, check_min_classes
+from .functional import first_exit
+
+
+class CutoffPolicy:
+    """Base class. Subclasses set ``param`` and implement ``_scores`` / ``_thresholds``."""
+
+    #: name of the hyper-parameter a sweep varies (``epsilon``, ``alpha``, ``step``)
+    param: ClassVar[str]
+    #: exit when ``score > threshold`` (True) or ``score >= threshold`` (False)
+    strict: ClassVar[bool] = True
+    #: whether thresholds are learned from a calibration trace (``fit`` required)
+    needs_fit: ClassVar[bool] = True
+    #: minimum number of classes the score is defined for
+    min_classes: ClassVar[int] = 2
+
+    # ------------------------------------------------------------ to implement
+    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+        """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores."""
+        raise NotImplementedError
+
+    def _thresholds(self, calibration: Trace | None, values: Sequence[Any], T: int) -> Tensor:
+        """``[E, T]`` thresholds for E values of ``param``."""
+        raise NotImplementedError
+
+    def _fitted_thresholds(self) -> Tensor:
+        """``[T]`` thresholds learned by ``fit``."""
+        raise NotImplementedError
+
+    def _set_fitted(self, thresholds: Tensor) -> None:
+        """Store the ``[T]`` thresholds under the policy's public ``*_`` name."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared
+    def get_params(self) -> dict[str, Any]:
+        """Hyper-parameters, as given to ``__init__``."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def with_param(self, value: Any) -> CutoffPolicy:
+        """A new, unfitted copy with ``param`` set to ``value``."""
+        return type(self)(**{**self.get_params(), self.param: value})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_trace(self, trace: Trace) -> None:
+        if not isinstance(trace, Trace):
+            raise TypeError(f"expected a snncutoff.Trace, got {type(trace).__name__}")
+        if self.min_classes > 1:
+            check_min_classes(trace.C, type(self).__name__)
+
+    def _is_fitted(self) -> bool:
+        return hasattr(self, "T_")
+
+    def _thresholds_for(self, trace: Trace) -> Tensor:
+        """``[T]`` thresholds to evaluate ``trace`` with (validating T against the fit)."""
+        if self._is_fitted():
+            if trace.T != self.T_:
+                raise ValueError(
+                    f"{self!r} was fitted on T = {self.T_} steps but the trace has T = {trace.T}; "
+                    "fit and evaluate on traces of the same length"
+                )
+            return self._fitted_thresholds()
+        if self.needs_fit:
+            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before evaluate / exit_now")
+        return self._thresholds(None, [getattr(self, self.param)], trace.T)[0]
+
+    def _passes(self, scores: Tensor, thresholds: Tensor) -> Tensor:
+        thresholds = thresholds.to(scores.device)
+        return scores > thresholds if self.strict else scores >= thresholds
+
+    # ------------------------------------------------------------ public API
+    def fit(self, calibration: Trace) -> CutoffPolicy:
+        """Learn per-step thresholds from a calibration trace (training data); returns self."""
+        self._check_trace(calibration)
+        thresholds = self._thresholds(calibration, [getattr(self, self.param)], calibration.T)[0]
+        self.T_ = calibration.T
+        self._set_fitted(thresholds)
+        return self
+
+    def evaluate(self, trace: Trace) -> CutoffResult:
+        """Post-hoc cutoff on a whole trace: exit steps, predictions, accuracy, cost."""
+        self._check_trace(trace)
+        thresholds = self._thresholds_for(trace)
+        mask = self._passes(self._scores(trace.outputs), thresholds.view(-1, 1))
+        return CutoffResult.from_exit_steps(trace, first_exit(mask), repr(self))
+
+    @torch.no_grad()
+    def exit_now(self, t: int, outputs_t: Tensor) -> Tensor:
+        """On-line decision after step ``t`` (0-based) from cumulative outputs ``[N, C]``.
+
+        Returns ``[N]`` bool. A fitted policy also returns all True at its last step
+        ``T_ - 1`` (the forced exit); an unfitted rule-based one leaves that to the caller.
+        """
+        if not isinstance(outputs_t, Tensor) or outputs_t.dim() != 2:
+            shape = tuple(outputs_t.shape) if isinstance(outputs_t, Tensor) else type(outputs_t).__name__
+            raise ValueError(f"outputs_t must be the cumulative outputs [N, C] of one step, got {shape}")
+        if self.min_classes > 1:
+            check_min_classes(outputs_t.shape[1], type(self).__name__)
+        if self._is_fitted():
+            if not 0 <= t < self.T_:
+                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t}")
+            if t == self.T_ - 1:
+                return torch.ones(outputs_t.shape[0], dtype=torch.bool, device=outputs_t.device)
+            thr = self._fitted_thresholds()[t]
+        elif self.needs_fit:
+            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before exit_now")
+        else:
+            if t < 0:
+                raise ValueError(f"t must be >= 0, got {t}")
+            thr = self._thresholds(None, [getattr(self, self.param)], t + 1)[0][t]
+        return self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thr)
+
+    def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
+        """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""
+        values = list(values)
+        if not values:
+            raise ValueError(f"values must list at least one {self.param}")
+        # construct each variant once: this validates every value before any work
+        variants = [self.with_param(v) for v in values]
+        self._check_trace(test)
+        if self.needs_fit:
+            if calibration is None:
+                raise ValueError(f"{type(self).__name__} learns from a calibration trace; pass calibration=")
+            self._check_trace(calibration)
+            if calibration.T != test.T:
+                raise ValueError(f"calibration has T = {calibration.T} but test has T = {test.T}")
+        thresholds = self._thresholds(calibration, values, test.T)  # [E, T]
+        scores = self._scores(test.outputs)  # computed once for all values
+        return [
+            CutoffResult.from_exit_steps(test, first_exit(self._passes(scores, thr.view(-1, 1))), repr(v))
+            for v, thr in zip(variants, thresholds)
+        ]
+
+
+def sweep(
+    policy: CutoffPolicy, calibration: Trace | None, test: Trace, values: Sequence[Any]
+) -> list[CutoffResult]:
+    """Evaluate ``policy`` for each value of its hyper-parameter (epsilon, alpha or step).
+
+    Uses the traces only, never the network: the test scores are computed once, and the
+    calibration statistics (sorted gaps or scores) once for all values.
+
+    Args:
+        policy: e.g. ``TopKGap(search="exact")``; its own epsilon is ignored.
+        calibration: trace to fit thresholds on (None for ``Timestep`` / ``Confidence``).
+        test: trace to evaluate on (same T).
+        values: the epsilons (``TopKGap``, ``Confidence``), alphas (``Conformal``) or steps.
+    Returns:
+        one :class:`CutoffResult` per value, in order.
+    """
+    return policy.sweep(calibration, test, values)

@@ -1,0 +1,48 @@
+r"""``Confidence``: exit once the softmax of the cumulative output is confident enough.
+
+.. math::  \text{exit at the first } t \text{ with } \max_c \operatorname{softmax}(O_t)_c > 1 - \epsilon
+
+computed in float32 with a strict comparison (as the SNNCutoff code does); nothing is
+learned from calibration data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..trace import Trace
+from ..validation import check_unit_interval
+from .base import CutoffPolicy
+from .functional import max_softmax
+
+
+class Confidence(CutoffPolicy):
+    """Exit when the top softmax probability exceeds ``1 - epsilon``.
+
+    Args:
+        epsilon: in [0, 1). With 0 no sample exits before T (a softmax never exceeds 1);
+            larger values exit earlier.
+    """
+
+    param = "epsilon"
+    needs_fit = False
+
+    def __init__(self, epsilon: float = 0.0) -> None:
+        self.epsilon = check_unit_interval("epsilon", epsilon)
+
+    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+        return max_softmax(outputs)
+
+    def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
+        levels = [1.0 - check_unit_interval("epsilon", v) for v in values]
+        # float32, as a Python scalar compared with a float32 tensor would be rounded
+        return torch.tensor(levels, dtype=torch.float32).view(-1, 1).expand(-1, T)
+
+    def _fitted_thresholds(self) -> Tensor:
+        return self._thresholds(None, [self.epsilon], self.T_)[0]
+
+    def _set_fitted(self, thresholds: Tensor) -> None:
+        pass  # nothing is learned; fit only records T_

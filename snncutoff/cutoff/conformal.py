@@ -1,0 +1,67 @@
+r"""``Conformal``: SpikeCP — exit once the conformal prediction set is small enough.
+
+Nonconformity of label c at step t: :math:`s_{t,c} = -\log(\operatorname{softmax}(O_t)_c + 10^{-5})`.
+Calibration: per step, the threshold :math:`q_t` is a quantile at level
+:math:`1 - \alpha` of the true-label scores of the calibration samples. Prediction
+set :math:`\Gamma_t = \{c : s_{t,c} < q_t\}` (strict); exit at the first t with
+:math:`|\Gamma_t| \le k` (``max_set_size``; an empty set exits). Equivalently, the
+(k+1)-th smallest :math:`s_{t,c}` is :math:`\ge q_t`, which is how it is computed.
+
+Quantiles (see :func:`snncutoff.cutoff.functional.conformal_thresholds`):
+``"split"`` is the textbook :math:`\lceil (1-\alpha)(N+1) \rceil`-th smallest score;
+``"snncutoff"`` reproduces the SNNCutoff code. ``correction="bonferroni"`` calibrates
+each step at :math:`\alpha / T`, the SpikeCP paper's guarantee over all steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ..trace import Trace
+from ..validation import check_choice, check_positive_int, check_unit_interval
+from .base import CutoffPolicy
+from .functional import conformal_thresholds, kth_nonconformity, nonconformity
+
+
+class Conformal(CutoffPolicy):
+    """SpikeCP conformal cutoff with per-step thresholds ``quantile_`` ``[T]``.
+
+    Args:
+        alpha: miscoverage level in [0, 1) (per step, or over all steps with Bonferroni).
+        max_set_size: exit when the prediction set holds at most this many labels (>= 1).
+        quantile: ``"split"`` (default) or ``"snncutoff"`` (bit-for-bit SNNCutoff).
+        correction: ``"none"`` or ``"bonferroni"`` (alpha / T per step).
+
+    Attributes:
+        quantile_: ``[T]`` float nonconformity thresholds (``+inf``: the set is every label).
+        T_: number of steps of the calibration trace.
+    """
+
+    param = "alpha"
+    strict = False  # exit when the (k+1)-th smallest score >= q_t
+
+    def __init__(
+        self, alpha: float = 0.1, max_set_size: int = 1, quantile: str = "split", correction: str = "none"
+    ) -> None:
+        self.alpha = check_unit_interval("alpha", alpha)
+        self.max_set_size = check_positive_int("max_set_size", max_set_size)
+        self.quantile = check_choice("quantile", quantile, ("split", "snncutoff"))
+        self.correction = check_choice("correction", correction, ("none", "bonferroni"))
+
+    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+        return kth_nonconformity(outputs, self.max_set_size + 1)
+
+    def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
+        alphas = [check_unit_interval("alpha", v) for v in values]
+        if self.correction == "bonferroni":
+            alphas = [a / T for a in alphas]
+        scores = nonconformity(calibration.outputs, calibration.labels)
+        return conformal_thresholds(scores, alphas, self.quantile)
+
+    def _fitted_thresholds(self) -> Tensor:
+        return self.quantile_
+
+    def _set_fitted(self, thresholds: Tensor) -> None:
+        self.quantile_ = thresholds

@@ -1,0 +1,241 @@
+r"""The pure tensor functions behind every cutoff policy.
+
+Each policy reduces to three steps, and each step is a function here:
+
+1. a **score** per step and sample from the cumulative outputs, ``[T, N, C] -> [T, N]``
+   (``top2_gap``, ``max_softmax``, ``kth_nonconformity``);
+2. a **threshold** per step learned on a calibration trace, ``[T]`` (or ``[E, T]`` for E
+   values of epsilon / alpha at once: ``exact_gap_thresholds``, ``grid_gap_thresholds``,
+   ``conformal_thresholds``);
+3. the **first exit**: sample n stops at the first step whose score passes the
+   threshold, and at step T at the latest (``first_exit``).
+
+Post-hoc ``evaluate`` applies steps 1 and 3 to a whole trace; streaming ``exit_now``
+applies the same comparison to one step, so both give the same exit steps.
+No function here loops in Python over samples or thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_CHUNK_ROWS = 8192  # rows of [*, C] processed at once: keeps temporaries in cache
+
+
+def _rowwise(outputs: Tensor, fn, n_out: int) -> tuple[Tensor, ...]:
+    """Apply ``fn([rows, C]) -> n_out tensors [rows]`` over ``outputs[..., C]`` in chunks."""
+    flat = outputs.reshape(-1, outputs.shape[-1])
+    outs = None
+    for start in range(0, flat.shape[0], _CHUNK_ROWS):
+        parts = fn(flat[start : start + _CHUNK_ROWS])
+        if outs is None:
+            outs = [torch.empty(flat.shape[0], dtype=p.dtype, device=p.device) for p in parts]
+        for o, p in zip(outs, parts):
+            o[start : start + p.shape[0]] = p
+    if outs is None:  # no rows at all
+        outs = [torch.empty(0, device=outputs.device) for _ in range(n_out)]
+    return tuple(o.reshape(outputs.shape[:-1]) for o in outs)
+
+
+def _top2(chunk: Tensor) -> tuple[Tensor, Tensor]:
+    top1, idx = chunk.max(dim=-1)
+    rest = chunk.clone()
+    rest.scatter_(-1, idx.unsqueeze(-1), float("-inf"))
+    return top1 - rest.max(dim=-1).values, idx
+
+
+def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Top-1 minus top-2 of the last dimension, and the argmax.
+
+    ``gap = O[..., c1] - O[..., c2]`` with :math:`c_1` the argmax (first index on ties)
+    and :math:`c_2` the largest of the others; a tie for the maximum gives 0. The values
+    equal ``torch.topk(O, 2)`` differences bit for bit, at about half the cost (two max
+    passes instead of a partial sort).
+
+    Args:
+        outputs: ``[..., C]`` with ``C >= 2``.
+    Returns:
+        ``(gap, argmax)``, both ``[...]``.
+    """
+    return _rowwise(outputs, _top2, 2)
+
+
+def max_softmax(outputs: Tensor) -> Tensor:
+    """``max_c softmax(O)[..., c]`` computed as ``O.softmax(-1).max(-1)`` (``[..., C] -> [...]``)."""
+    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).max(dim=-1).values,), 1)[0]
+
+
+def softmax_argmax(outputs: Tensor) -> Tensor:
+    """``argmax`` of ``softmax(O)`` (it differs from argmax of O only where softmax rounds to a tie)."""
+    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).argmax(dim=-1),), 1)[0]
+
+
+def nonconformity(outputs: Tensor, labels: Tensor) -> Tensor:
+    r"""SpikeCP score of the true label, :math:`-\log(\mathrm{softmax}(O)_y + 10^{-5})`.
+
+    Args:
+        outputs: ``[T, N, C]``; labels: ``[N]``.
+    Returns:
+        ``[T, N]`` float.
+    """
+    T = outputs.shape[0]
+    lab = labels.reshape(1, -1).expand(T, -1).reshape(-1)
+    flat = outputs.reshape(-1, outputs.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=outputs.dtype, device=outputs.device)
+    for s in range(0, flat.shape[0], _CHUNK_ROWS):
+        p = flat[s : s + _CHUNK_ROWS].softmax(dim=-1)
+        out[s : s + p.shape[0]] = -torch.log(p.gather(-1, lab[s : s + p.shape[0], None])[:, 0] + 1e-5)
+    return out.reshape(outputs.shape[:-1])
+
+
+def kth_nonconformity(outputs: Tensor, k: int) -> Tensor:
+    r"""The ``k``-th smallest of :math:`-\log(\mathrm{softmax}(O)_c + 10^{-5})` over c.
+
+    The SpikeCP prediction set at threshold q is :math:`\{c : s_c < q\}`; it holds at most
+    ``k - 1`` labels exactly when this score is ``>= q``. ``k > C`` gives ``+inf`` (a set
+    never exceeds C labels).
+
+    Args:
+        outputs: ``[..., C]``; k: ``>= 1``.
+    Returns:
+        ``[...]`` float.
+    """
+    C = outputs.shape[-1]
+    if k > C:
+        return torch.full(outputs.shape[:-1], math.inf, dtype=outputs.dtype, device=outputs.device)
+
+    def fn(c: Tensor) -> tuple[Tensor]:
+        nc = -(c.softmax(dim=-1) + 1e-5).log()
+        return (torch.topk(nc, k, dim=-1, largest=False).values[:, -1],)
+
+    return _rowwise(outputs, fn, 1)[0]
+
+
+def stable_correct(correct: Tensor) -> Tensor:
+    """``[T, N]`` bool: correct at step t and at every later step (no forcing at T)."""
+    return correct.flip(0).to(torch.uint8).cummin(dim=0).values.flip(0).bool()
+
+
+def optimal_cutoff_steps(correct: Tensor) -> Tensor:
+    """OCT ``[N]`` (1-based): earliest t correct at t and every later step; T if wrong at T."""
+    T = correct.shape[0]
+    n_stable = stable_correct(correct).sum(dim=0)
+    return torch.where(n_stable > 0, T - n_stable + 1, torch.full_like(n_stable, T))
+
+
+def first_exit(exit_mask: Tensor) -> Tensor:
+    """1-based first step where ``exit_mask`` ``[T, N]`` is True, T if never (forced exit)."""
+    mask = exit_mask.to(torch.uint8)
+    mask[-1] = 1
+    return mask.argmax(dim=0) + 1
+
+
+# ---------------------------------------------------------------- thresholds
+def _sorted_counts(scores: Tensor, good: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort each row of ``scores`` ``[T, N]`` descending.
+
+    Returns ``(s, cum_good, asc)``: sorted scores ``[T, N]``; ``cum_good[t, k]`` = good
+    samples among the k largest, ``[T, N + 1]``; and ``-s`` (ascending, for searchsorted).
+    """
+    s, order = scores.sort(dim=1, descending=True)
+    g = good.gather(1, order).to(torch.int64)
+    cum = torch.nn.functional.pad(g.cumsum(dim=1), (1, 0))
+    return s, cum, (-s).contiguous()
+
+
+def exact_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float]) -> Tensor:
+    r"""Smallest observed gap :math:`\beta_t` meeting the Top-K calibration constraint.
+
+    For each step t and each :math:`\epsilon`: among samples with ``gap_t > beta_t`` the
+    share with ``settled`` (OCT <= t + 1) must be at least :math:`1 - \epsilon`, computed
+    as "unsettled / kept <= epsilon" in float64. The search
+    runs over the observed gaps (all at once: sort, cumulative counts); a step where no
+    observed gap meets it gets ``+inf`` (never exits there).
+
+    Args:
+        gaps: ``[T, N]``; settled: ``[T, N]`` bool; epsilons: E values in [0, 1).
+    Returns:
+        ``[E, T]`` thresholds, dtype of ``gaps``.
+    """
+    T, N = gaps.shape
+    s, cum, asc = _sorted_counts(gaps, settled)
+    kept = torch.searchsorted(asc, asc, side="left")  # [T, N]: #samples with gap > s[t, j]
+    bad = (kept - cum.gather(1, kept)).double()  # unsettled among them
+    # share of unsettled samples kept at candidate j (inf: nothing kept, never passes)
+    share = torch.where(kept > 0, bad / kept.clamp(min=1).double(), torch.full_like(bad, math.inf))
+    # j passes iff share <= eps; the smallest passing gap is the largest passing j, which is
+    # also the largest j whose suffix minimum is <= eps (the suffix minimum is sorted).
+    suffix_min = share.flip(1).cummin(dim=1).values.flip(1).contiguous()
+    eps = torch.tensor(list(epsilons), dtype=torch.float64, device=gaps.device)
+    last = torch.searchsorted(suffix_min, eps.expand(T, -1).contiguous(), side="right") - 1  # [T, E]
+    beta = s.gather(1, last.clamp(min=0))
+    return torch.where(last >= 0, beta, torch.full_like(beta, math.inf)).T.contiguous()
+
+
+def grid_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float], bins: int = 100) -> Tensor:
+    r"""The SNNCutoff code's grid search for :math:`\beta_t`, reproduced bit for bit.
+
+    One grid for all steps, ``grid[m] = float32(m * float32(max(gaps) / bins))``; a sample
+    counts at (m, t) when ``gap_t > grid[m]``; ``conf[m, t]`` = settled / counted in
+    float32 (an empty bin is NaN and never passes); the last row is forced to pass; the
+    threshold is the first grid value with ``conf >= 1 - epsilon`` (float32 compare).
+
+    Args:
+        gaps: ``[T, N]`` float32; settled: ``[T, N]`` bool (argmax of *softmax* correct at t
+            and every later step); epsilons: E values; bins: grid size.
+    Returns:
+        ``[E, T]`` float32 thresholds.
+    """
+    gaps = gaps.float()
+    T, N = gaps.shape
+    disc = gaps.max() / bins
+    grid = torch.arange(bins, dtype=torch.float32, device=gaps.device) * disc  # [M]
+    s, cum, asc = _sorted_counts(gaps, settled)
+    # kept[t, m] = #(gap_t > grid[m]) = position of -grid[m] in the ascending -s
+    kept = torch.searchsorted(asc, (-grid).expand(T, -1).contiguous(), side="left")  # [T, M]
+    conf = cum.gather(1, kept).float() / kept.float()  # 0/0 = NaN
+    conf = conf.T.clone()  # [M, T]
+    conf[-1] = 1.0
+    out = []
+    for eps in epsilons:
+        ok = (conf >= (1 - eps)).to(torch.uint8)  # float32 compare, NaN never passes
+        out.append(grid[ok.argmax(dim=0)])
+    return torch.stack(out)
+
+
+def conformal_thresholds(scores: Tensor, alphas: Sequence[float], quantile: str = "split") -> Tensor:
+    r"""Per-step SpikeCP thresholds from calibration nonconformity scores.
+
+    - ``"split"``: the :math:`\lceil (1-\alpha)(N+1) \rceil`-th smallest score, ``+inf``
+      when that rank exceeds N (textbook split conformal).
+    - ``"snncutoff"``: the SNNCutoff code: append ``+inf`` to the N scores, take
+      :math:`k = \lceil \mathrm{float32}((1-\alpha)(N+2)) \rceil - 1` and the k-th smallest;
+      ``k <= 0`` is an error.
+
+    Args:
+        scores: ``[T, N]``; alphas: E per-step levels in [0, 1); quantile: as above.
+    Returns:
+        ``[E, T]`` thresholds.
+    """
+    T, N = scores.shape
+    inf_col = torch.full((T, 1), math.inf, dtype=scores.dtype, device=scores.device)
+    s = torch.cat([scores.sort(dim=1).values, inf_col], dim=1)  # [T, N + 1], ascending
+    ranks = []
+    for a in alphas:
+        if quantile == "split":
+            k = math.ceil((1.0 - a) * (N + 1) - 1e-9)  # guard 0.9 * 10 = 9.000000000000002
+            k = min(max(k, 1), N + 1)
+        else:
+            k = math.ceil(float(torch.tensor((1.0 - a) * (N + 2), dtype=torch.float32))) - 1
+            if k <= 0:
+                raise ValueError(
+                    f"quantile='snncutoff' needs ceil((1 - alpha)(N + 2)) - 1 >= 1; alpha = {a} with "
+                    f"N = {N} calibration samples gives {k}. Lower alpha or calibrate on more samples."
+                )
+        ranks.append(k - 1)
+    idx = torch.tensor(ranks, device=scores.device)
+    return s[:, idx].T.contiguous()

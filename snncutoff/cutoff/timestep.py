@@ -1,0 +1,56 @@
+r"""``Timestep``: every sample stops at the same fixed step.
+
+.. math::  \text{exit}_n = s \quad \text{for all } n, \qquad 1 \le s \le T
+
+The baseline every adaptive policy is compared with: ``Timestep(T)`` is the full run
+(speed-up 1), ``Timestep(s)`` the plain "run fewer steps" alternative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..trace import Trace
+from ..validation import check_positive_int
+from .base import CutoffPolicy
+
+
+class Timestep(CutoffPolicy):
+    """Exit every sample at step ``step`` (1-based).
+
+    Args:
+        step: the exit step, ``1 <= step <= T`` (checked against the trace's T).
+
+    Example:
+        >>> Timestep(4).evaluate(trace).mean_steps      # doctest: +SKIP
+        4.0
+    """
+
+    param = "step"
+    strict = False  # exit when t + 1 >= step
+    needs_fit = False
+    min_classes = 1
+
+    def __init__(self, step: int) -> None:
+        self.step = check_positive_int("step", step)
+
+    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+        T, N = outputs.shape[:2]
+        steps = torch.arange(t0 + 1, t0 + T + 1, dtype=torch.float32, device=outputs.device)
+        return steps.view(-1, 1).expand(T, N)
+
+    def _thresholds(self, calibration: Trace | None, values: Sequence[int], T: int) -> Tensor:
+        for v in values:
+            check_positive_int("step", v)
+            if v > T:
+                raise ValueError(f"step must be <= T = {T}, got {v}")
+        return torch.tensor(values, dtype=torch.float32).view(-1, 1).expand(-1, T)
+
+    def _fitted_thresholds(self) -> Tensor:
+        return self._thresholds(None, [self.step], self.T_)[0]
+
+    def _set_fitted(self, thresholds: Tensor) -> None:
+        pass  # nothing is learned; fit only records T_

@@ -1,0 +1,175 @@
+r"""``Trace``: what a spiking network said on a data set, step by step.
+
+Notation (DESIGN.md, "The data everything flows through"): a network emits
+per-step outputs :math:`y_\tau \in \mathbb{R}^{N \times C}`; the trace stores the
+**cumulative** output
+
+.. math::  O_t = \sum_{\tau \le t} y_\tau, \qquad t = 0, \dots, T-1
+
+(the SNNCutoff convention: its argmax equals the running mean's, its softmax does
+not), the labels, and optionally the per-step cost ``ops[t, n]`` of sample ``n``
+(spikes or synaptic operations emitted during step ``t``).
+
+Every figure snncutoff reports is computed from traces; collecting one runs the
+network once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .io import atomic_torch_save
+from .validation import check_labels, check_ops, check_outputs
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """Cumulative outputs of an SNN over ``T`` steps on ``N`` labelled samples.
+
+    Args:
+        outputs: ``[T, N, C]`` float, cumulative output after ``t + 1`` steps.
+        labels: ``[N]`` integer class indices in ``[0, C)``.
+        ops: optional ``[T, N]`` non-negative cost of each step (not cumulative).
+        meta: optional JSON-ready description (backend, network, data set ...).
+
+    Raises:
+        ValueError / TypeError: on a wrong shape or dtype, ``T < 1``, ``N = 0``,
+            labels outside ``[0, C)``, or NaN / infinite outputs (the message gives
+            their count and the first ``(t, n)``).
+
+    Example:
+        >>> y = torch.tensor([[[1., 0.]], [[0., 2.]]])       # per-step, [T=2, N=1, C=2]
+        >>> tr = Trace.from_steps(y, torch.tensor([1]))
+        >>> tr.outputs[:, 0].tolist()
+        [[1.0, 0.0], [1.0, 2.0]]
+        >>> tr.predictions().tolist()
+        [[0], [1]]
+    """
+
+    outputs: Tensor
+    labels: Tensor
+    ops: Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        outputs = check_outputs(self.outputs).detach()
+        labels = check_labels(self.labels, outputs.shape[1], outputs.shape[2]).detach().to(outputs.device)
+        object.__setattr__(self, "outputs", outputs)
+        object.__setattr__(self, "labels", labels)
+        if self.ops is not None:
+            object.__setattr__(self, "ops", check_ops(self.ops, outputs.shape[0], outputs.shape[1]).detach())
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_steps(
+        cls,
+        per_step_outputs: Tensor | Sequence[Tensor],
+        labels: Tensor,
+        ops: Tensor | None = None,
+        meta: dict | None = None,
+    ) -> Trace:
+        """Build a trace from per-step outputs ``y_t`` (``[T, N, C]`` or a list of ``[N, C]``).
+
+        The cumulative sum is taken along T with ``torch.cumsum``.
+        """
+        if not isinstance(per_step_outputs, Tensor):
+            if len(per_step_outputs) == 0:
+                raise ValueError("per_step_outputs is empty: T must be >= 1")
+            per_step_outputs = torch.stack(list(per_step_outputs))
+        check_outputs(per_step_outputs, "per_step_outputs")
+        return cls(torch.cumsum(per_step_outputs.detach(), dim=0), labels, ops, dict(meta or {}))
+
+    @classmethod
+    def cat(cls, traces: Sequence[Trace]) -> Trace:
+        """Concatenate traces along N (same T and C; ``ops`` kept only if all have it)."""
+        traces = list(traces)
+        if not traces:
+            raise ValueError("Trace.cat needs at least one trace")
+        T, _, C = traces[0].outputs.shape
+        for i, tr in enumerate(traces):
+            if (tr.T, tr.C) != (T, C):
+                raise ValueError(f"Trace.cat: trace {i} has (T, C) = ({tr.T}, {tr.C}), expected ({T}, {C})")
+        ops = None
+        if all(tr.ops is not None for tr in traces):
+            ops = torch.cat([tr.ops for tr in traces], dim=1)
+        return cls(
+            torch.cat([tr.outputs for tr in traces], dim=1),
+            torch.cat([tr.labels for tr in traces]),
+            ops,
+            dict(traces[0].meta),
+        )
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def T(self) -> int:
+        """Number of timesteps."""
+        return self.outputs.shape[0]
+
+    @property
+    def N(self) -> int:
+        """Number of samples."""
+        return self.outputs.shape[1]
+
+    @property
+    def C(self) -> int:
+        """Number of classes."""
+        return self.outputs.shape[2]
+
+    # ------------------------------------------------------------- derived
+    def predictions(self) -> Tensor:
+        """``[T, N]`` argmax of the cumulative output at every step (first index on ties)."""
+        return self.outputs.argmax(dim=-1)
+
+    def correct(self) -> Tensor:
+        """``[T, N]`` bool: the prediction at step t is the label."""
+        return self.predictions() == self.labels
+
+    def accuracy_per_step(self) -> Tensor:
+        """``[T]`` float64 accuracy (0 to 1) at every step."""
+        return self.correct().double().mean(dim=1)
+
+    def per_step_outputs(self) -> Tensor:
+        """``[T, N, C]`` the per-step outputs ``y_t`` (differences of the cumulative ones)."""
+        return torch.diff(self.outputs, dim=0, prepend=torch.zeros_like(self.outputs[:1]))
+
+    def __repr__(self) -> str:
+        ops = ", ops" if self.ops is not None else ""
+        return f"Trace(T={self.T}, N={self.N}, C={self.C}{ops})"
+
+    # ------------------------------------------------------------------- I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace atomically; readable with ``torch.load(weights_only=True)``."""
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "outputs": self.outputs.cpu(),
+            "labels": self.labels.cpu(),
+            "ops": None if self.ops is None else self.ops.cpu(),
+            "meta": self.meta,
+        }
+        return atomic_torch_save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Trace:
+        """Read a trace written by :meth:`save` (``weights_only=True``: no code is run)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no trace file at {path}")
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or "format_version" not in payload:
+            raise ValueError(f"{path} is not a snncutoff trace file (no format_version)")
+        if payload["format_version"] > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has trace format {payload['format_version']}, newer than this snncutoff "
+                f"reads ({FORMAT_VERSION}); upgrade snncutoff"
+            )
+        return cls(payload["outputs"], payload["labels"], payload.get("ops"), payload.get("meta") or {})

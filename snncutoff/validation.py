@@ -1,0 +1,118 @@
+"""Argument and tensor validation for the whole core, in one place.
+
+Every message names the argument, what was expected and what was received, so a
+caller can fix the call without reading the source (scikit-learn's
+``check_array`` is the model).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A policy that learns from calibration data was used before ``fit``."""
+
+
+def check_unit_interval(name: str, value: Any) -> float:
+    """Return ``value`` as a float in ``[0, 1)`` or raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Return ``value`` as an int ``>= minimum`` or raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise ``ValueError`` naming the count and first ``(t, n)`` of non-finite values.
+
+    One cheap reduction decides the common case: a finite sum implies that every
+    element is finite; only on failure is the element-wise mask built.
+    """
+    if x.numel() == 0 or math.isfinite(float(x.sum(dtype=torch.float64))):
+        return
+    bad = ~torch.isfinite(x)
+    count = int(bad.sum())
+    if count == 0:  # the sum overflowed float64; every element is finite
+        return
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    where = f"(t, n) = {first[:2]}" if x.dim() >= 2 else f"index {first}"
+    raise ValueError(
+        f"{name} holds {count} NaN or infinite value(s); the first is at {where}. "
+        "Check the network for exploding activations or an input that is not normalised."
+    )
+
+
+def check_outputs(outputs: Any, name: str = "outputs") -> Tensor:
+    """Check a cumulative output tensor ``[T, N, C]`` (float, finite, T, N >= 1)."""
+    if not isinstance(outputs, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [T, N, C], got {type(outputs).__name__}")
+    if outputs.dim() != 3:
+        raise ValueError(f"{name} must be 3-D [T, N, C], got shape {tuple(outputs.shape)}")
+    T, N, C = outputs.shape
+    if T < 1:
+        raise ValueError(f"{name} must have T >= 1 timesteps, got T = {T}")
+    if N < 1:
+        raise ValueError(f"{name} must hold at least one sample, got N = 0")
+    if C < 1:
+        raise ValueError(f"{name} must have at least one class, got C = 0")
+    if not outputs.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {outputs.dtype}")
+    check_finite(name, outputs)
+    return outputs
+
+
+def check_labels(labels: Any, n: int, num_classes: int) -> Tensor:
+    """Check integer labels ``[N]`` with values in ``[0, C)``; return them as int64."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of shape [N], got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape [N] = [{n}], got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    labels = labels.long()
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"labels must lie in [0, C) = [0, {num_classes}), found {bad}")
+    return labels
+
+
+def check_ops(ops: Any, T: int, n: int) -> Tensor:
+    """Check a per-step cost tensor ``[T, N]`` (finite, non-negative)."""
+    if not isinstance(ops, Tensor):
+        raise TypeError(f"ops must be a torch.Tensor of shape [T, N], got {type(ops).__name__}")
+    if tuple(ops.shape) != (T, n):
+        raise ValueError(f"ops must have shape [T, N] = [{T}, {n}], got {tuple(ops.shape)}")
+    ops = ops.to(torch.float64) if not ops.is_floating_point() else ops
+    check_finite("ops", ops)
+    if bool((ops < 0).any()):
+        raise ValueError("ops must be non-negative (it counts spikes or synaptic operations per step)")
+    return ops
+
+
+def check_min_classes(num_classes: int, policy: str) -> None:
+    """``TopKGap``, ``Confidence`` and ``Conformal`` need at least two classes."""
+    if num_classes < 2:
+        raise ValueError(f"{policy} needs C >= 2 classes, got C = {num_classes}")

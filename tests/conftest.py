@@ -1,0 +1,27 @@
+"""Shared fixtures: seeded, small, no network access."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snncutoff import Trace
+
+
+def make_trace(T: int = 8, N: int = 64, C: int = 5, seed: int = 0, signal: float = 0.6, ops: bool = False) -> Trace:
+    """A synthetic trace whose correct class wins more often as t grows."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, C, (N,), generator=g)
+    y = torch.randn(T, N, C, generator=g) + signal * torch.nn.functional.one_hot(labels, C)
+    cost = torch.randint(0, 50, (T, N), generator=g).double() if ops else None
+    return Trace.from_steps(y, labels, ops=cost)
+
+
+@pytest.fixture
+def trace() -> Trace:
+    return make_trace()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

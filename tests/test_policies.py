@@ -1,0 +1,217 @@
+"""Hand-worked cases for OCT and every policy, and their error paths."""
+
+import math
+
+import pytest
+import torch
+
+import snncutoff as sc
+from snncutoff import Confidence, Conformal, NotFittedError, Timestep, TopKGap, Trace, optimal_cutoff
+
+from .conftest import make_trace
+
+# Cumulative outputs [T=3, N=4, C=2], worked by hand in the comments.
+#   n0 label 0: gaps 3,5,7  correct 1,1,1  -> OCT 1
+#   n1 label 0: gaps 1,1,3  correct 0,1,1  -> OCT 2
+#   n2 label 1: gaps 2,1,1  correct 0,0,1  -> OCT 3
+#   n3 label 1: gaps 1,3,5  correct 0,0,0  -> OCT 3 (wrong at T)
+HAND = Trace(
+    torch.tensor(
+        [
+            [[3.0, 0.0], [0.0, 1.0], [2.0, 0.0], [1.0, 0.0]],
+            [[5.0, 0.0], [2.0, 1.0], [2.0, 1.0], [3.0, 0.0]],
+            [[7.0, 0.0], [4.0, 1.0], [2.0, 3.0], [5.0, 0.0]],
+        ]
+    ),
+    torch.tensor([0, 0, 1, 1]),
+)
+
+
+def test_oct_hand_worked():
+    r = optimal_cutoff(HAND)
+    assert r.exit_step.tolist() == [1, 2, 3, 3]
+    assert r.accuracy == 0.75 == float(HAND.accuracy_per_step()[-1])
+    assert r.mean_steps == 2.25 and r.speedup == 3 / 2.25
+
+
+def test_topk_exact_epsilon_zero_hand_worked():
+    p = TopKGap(epsilon=0.0).fit(HAND)
+    # t=0: beta=2 keeps {n0} (settled); beta=1 would keep n2 (not settled)
+    # t=1: beta=3 keeps {n0}; beta=1 would keep n3.  t=2: everyone settled -> smallest gap 1
+    assert p.beta_.tolist() == [2.0, 3.0, 1.0] and p.T_ == 3
+    r = p.evaluate(HAND)
+    assert r.exit_step.tolist() == [1, 3, 3, 3]
+    assert r.predictions.tolist() == [0, 0, 1, 0]
+    assert r.accuracy == 0.75 and r.mean_steps == 2.5
+
+
+def test_topk_exact_epsilon_half_hand_worked():
+    p = TopKGap(epsilon=0.5).fit(HAND)
+    assert p.beta_.tolist() == [1.0, 1.0, 1.0]
+    r = p.evaluate(HAND)
+    assert r.exit_step.tolist() == [1, 3, 1, 2]
+    assert r.accuracy == 0.5
+
+
+def test_topk_exact_no_passing_threshold_is_inf():
+    # every sample wrong: no threshold keeps a settled share >= 1 before T
+    tr = Trace(torch.tensor([[[1.0, 0.0]], [[2.0, 0.0]]]), torch.tensor([1]))
+    p = TopKGap().fit(tr)
+    assert math.isinf(p.beta_[0]) and p.evaluate(tr).exit_step.tolist() == [2]
+
+
+def test_topk_grid_all_zero_gaps_gives_zero_beta():
+    tr = Trace(torch.ones(3, 4, 2), torch.tensor([0, 1, 0, 1]))
+    p = TopKGap(search="grid").fit(tr)
+    assert p.beta_.tolist() == [0.0, 0.0, 0.0]
+    assert p.evaluate(tr).exit_step.tolist() == [3, 3, 3, 3]  # 0 > 0 never holds
+
+
+def test_timestep():
+    r = Timestep(2).evaluate(HAND)
+    assert r.exit_step.tolist() == [2, 2, 2, 2] and r.predictions.tolist() == [0, 0, 0, 0]
+    assert Timestep(3).evaluate(HAND).speedup == 1.0
+    with pytest.raises(ValueError, match="step must be <= T = 3"):
+        Timestep(4).evaluate(HAND)
+
+
+def test_confidence_hand_worked():
+    # softmax max of [3, 0] = 0.9526; of [0, 1] = 0.7311
+    r = Confidence(epsilon=0.1).evaluate(HAND)
+    assert r.exit_step.tolist()[0] == 1
+    r0 = Confidence(epsilon=0.0).evaluate(HAND)
+    assert r0.exit_step.tolist() == [3, 3, 3, 3]
+
+
+def test_confidence_threshold_is_float32_and_strict():
+    # softmax max exactly float32(0.99): not > float32(1 - 0.01)
+    p = torch.tensor(0.99, dtype=torch.float32)
+    logit = torch.log(p / (1 - p))
+    out = torch.stack([torch.tensor([[0.0, 0.0]]), torch.stack([logit, torch.tensor(0.0)]).view(1, 2)])
+    tr = Trace(out, torch.tensor([0]))
+    prob = tr.outputs[1].softmax(-1).max()
+    expected_exit = 2 if bool(prob > 0.99) else 2  # last step is forced either way
+    assert Confidence(0.01).evaluate(tr).exit_step.tolist() == [expected_exit]
+    assert Confidence(0.01).exit_now(1, tr.outputs[1]).tolist() == [bool(prob > 0.99)]
+
+
+def test_conformal_split_quantile_hand_worked():
+    # two classes, T=1: scores of the true label for 4 calibration samples
+    logits = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
+    tr = Trace(logits, torch.tensor([0, 0, 0, 0]))
+    scores = -torch.log(logits[0].softmax(-1)[:, 0] + 1e-5)
+    s = scores.sort().values
+    # alpha=0.25: ceil(0.75 * 5) = 4 -> the 4th smallest (= the largest)
+    assert Conformal(alpha=0.25).fit(tr).quantile_.tolist() == [s[3].item()]
+    # alpha=0.5: ceil(0.5 * 5) = 3
+    assert Conformal(alpha=0.5).fit(tr).quantile_.tolist() == [s[2].item()]
+    # alpha=0: rank 5 > N -> +inf: every label is in the set
+    assert math.isinf(Conformal(alpha=0.0).fit(tr).quantile_[0])
+
+
+def test_conformal_snncutoff_quantile_hand_worked():
+    logits = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
+    tr = Trace(logits, torch.tensor([0, 0, 0, 0]))
+    s = (-torch.log(logits[0].softmax(-1)[:, 0] + 1e-5)).sort().values
+    # N=4: k = ceil(f32(0.75 * 6)) - 1 = 5 - 1 = 4 -> 4th smallest of the 5 (with +inf)
+    assert Conformal(0.25, quantile="snncutoff").fit(tr).quantile_.tolist() == [s[3].item()]
+    # alpha = 0: k = 6 - 1 = 5 -> the appended +inf
+    assert math.isinf(Conformal(0.0, quantile="snncutoff").fit(tr).quantile_[0])
+    with pytest.raises(ValueError, match="k|alpha"):
+        Conformal(0.9, quantile="snncutoff").fit(Trace(logits[:, :1], torch.tensor([0])))
+
+
+def test_conformal_set_size_rule():
+    # q between the two label scores: set {c: s_c < q} has one label -> exits
+    out = torch.tensor([[[4.0, 0.0, 0.0]], [[4.0, 0.0, 0.0]]])
+    tr = Trace(out, torch.tensor([0]))
+    p = Conformal(alpha=0.0, max_set_size=1)
+    p.fit(tr)  # q = +inf: every label in the set -> no early exit
+    assert p.evaluate(tr).exit_step.tolist() == [2]
+    p.quantile_ = torch.tensor([1.0, 1.0])
+    assert p.evaluate(tr).exit_step.tolist() == [1]
+    p.quantile_ = torch.tensor([0.0, 0.0])  # empty set also exits
+    assert p.evaluate(tr).exit_step.tolist() == [1]
+    p3 = Conformal(alpha=0.0, max_set_size=3).fit(tr)  # a set never exceeds C = 3
+    assert p3.evaluate(tr).exit_step.tolist() == [1]
+
+
+def test_conformal_bonferroni_is_more_conservative():
+    tr = make_trace(T=6, N=200, seed=4, signal=1.5)
+    plain = Conformal(0.2).fit(tr)
+    bonf = Conformal(0.2, correction="bonferroni").fit(tr)
+    assert torch.all(bonf.quantile_ >= plain.quantile_)
+    assert bonf.evaluate(tr).mean_steps >= plain.evaluate(tr).mean_steps
+
+
+def test_ops_are_accounted():
+    tr = make_trace(T=4, N=10, ops=True)
+    r = Timestep(2).evaluate(tr)
+    assert torch.allclose(r.ops_at_exit, tr.ops[:2].sum(0))
+    assert torch.allclose(r.ops_full, tr.ops.sum(0))
+    d = r.to_dict()
+    assert d["ops_saved"] == pytest.approx(1 - tr.ops[:2].sum() / tr.ops.sum())
+    assert set(d) >= {"accuracy", "mean_steps", "speedup", "T", "mean_ops", "mean_ops_full"}
+    assert "ops_saved" not in Timestep(2).evaluate(make_trace(T=4, N=10)).to_dict()
+
+
+@pytest.mark.parametrize("make", [lambda: TopKGap(), lambda: Conformal(0.1)])
+def test_not_fitted(make):
+    p = make()
+    with pytest.raises(NotFittedError, match="fit"):
+        p.evaluate(HAND)
+    with pytest.raises(NotFittedError):
+        p.exit_now(0, HAND.outputs[0])
+
+
+def test_t_mismatch():
+    p = TopKGap().fit(HAND)
+    with pytest.raises(ValueError, match="fitted on T = 3 steps but the trace has T = 8"):
+        p.evaluate(make_trace(C=2))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_epsilon_alpha_range(bad):
+    for make in (lambda v: TopKGap(epsilon=v), lambda v: Confidence(epsilon=v), lambda v: Conformal(alpha=v)):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            make(bad)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sc.sweep(TopKGap(), HAND, HAND, [0.0, bad])
+
+
+def test_other_bad_arguments():
+    with pytest.raises(TypeError, match="epsilon"):
+        TopKGap(epsilon="0.1")
+    with pytest.raises(ValueError, match="search"):
+        TopKGap(search="fast")
+    with pytest.raises(ValueError, match="step"):
+        Timestep(0)
+    with pytest.raises(ValueError, match="max_set_size"):
+        Conformal(max_set_size=0)
+    with pytest.raises(ValueError, match="quantile"):
+        Conformal(quantile="median")
+
+
+def test_single_class_is_rejected():
+    one = Trace(torch.zeros(2, 3, 1), torch.zeros(3, dtype=torch.long))
+    for p in (TopKGap(), Confidence(0.1), Conformal(0.1)):
+        with pytest.raises(ValueError, match="C >= 2"):
+            (p.fit(one) if p.needs_fit else p.evaluate(one))
+    assert Timestep(1).evaluate(one).accuracy == 1.0
+    assert optimal_cutoff(one).exit_step.tolist() == [1, 1, 1]
+
+
+def test_exit_now_checks():
+    p = TopKGap().fit(HAND)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        p.exit_now(3, HAND.outputs[0])
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        p.exit_now(0, HAND.outputs)
+    assert p.exit_now(2, HAND.outputs[2]).all()  # forced at the last step
+
+
+def test_repr_and_params():
+    p = TopKGap(0.05, search="grid")
+    assert repr(p) == "TopKGap(epsilon=0.05, search='grid', bins=100)"
+    assert p.with_param(0.1).epsilon == 0.1 and p.with_param(0.1).search == "grid"
+    assert "speedup" in repr(p.fit(HAND).evaluate(HAND))
