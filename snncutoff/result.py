@@ -52,12 +52,11 @@ class CutoffResult:
             raise ValueError(f"exit_step must have shape [N] = [{trace.N}], got {tuple(exit_step.shape)}")
         if trace.N and (int(exit_step.min()) < 1 or int(exit_step.max()) > trace.T):
             raise ValueError(f"exit_step must lie in [1, T] = [1, {trace.T}]")
-        rows = torch.arange(trace.N, device=exit_step.device)
-        predictions = trace.outputs[exit_step - 1, rows].argmax(dim=-1)
+        predictions = trace.predictions_at(exit_step)
         ops_at_exit = ops_full = None
         if trace.ops is not None:
-            cum = trace.ops.to(torch.float64).cumsum(dim=0)
-            ops_at_exit, ops_full = cum[exit_step - 1, rows], cum[-1]
+            cum = trace.cached("ops_cumsum", lambda: trace.ops.to(torch.float64).cumsum(dim=0))
+            ops_at_exit, ops_full = cum[exit_step - 1, torch.arange(trace.N, device=exit_step.device)], cum[-1]
         return cls(exit_step, predictions, trace.labels, trace.T, ops_at_exit, ops_full, policy)
 
     @property

@@ -17,9 +17,10 @@ network once.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,6 +59,8 @@ class Trace:
     labels: Tensor
     ops: Tensor | None = None
     meta: dict = field(default_factory=dict)
+    # derived statistics (Top-K gaps, softmax maxima ...) computed once per trace, lazily
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         outputs = check_outputs(self.outputs).detach()
@@ -126,9 +129,30 @@ class Trace:
         return self.outputs.shape[2]
 
     # ------------------------------------------------------------- derived
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per trace and key; later calls return the stored value.
+
+        The trace is immutable, so any statistic derived from it (for example the Top-K
+        gaps every ``TopKGap`` fit, evaluation and sweep needs) can be kept with it.
+        """
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
     def predictions(self) -> Tensor:
         """``[T, N]`` argmax of the cumulative output at every step (first index on ties)."""
-        return self.outputs.argmax(dim=-1)
+        return self.cached("predictions", lambda: self.outputs.argmax(dim=-1))
+
+    def predictions_at(self, steps: Tensor) -> Tensor:
+        """``[N]`` prediction of sample n after ``steps[n]`` steps (1-based, ``[N]`` int).
+
+        Reads the cached ``[T, N]`` predictions when a policy has already computed them,
+        otherwise takes the argmax of the N selected rows only.
+        """
+        rows = torch.arange(self.N, device=steps.device)
+        if "predictions" in self._cache:
+            return self._cache["predictions"][steps - 1, rows]
+        return self.outputs[steps - 1, rows].argmax(dim=-1)
 
     def correct(self) -> Tensor:
         """``[T, N]`` bool: the prediction at step t is the label."""
@@ -141,6 +165,9 @@ class Trace:
     def per_step_outputs(self) -> Tensor:
         """``[T, N, C]`` the per-step outputs ``y_t`` (differences of the cumulative ones)."""
         return torch.diff(self.outputs, dim=0, prepend=torch.zeros_like(self.outputs[:1]))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": {}}
 
     def __repr__(self) -> str:
         ops = ", ops" if self.ops is not None else ""

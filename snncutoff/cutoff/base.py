@@ -40,6 +40,10 @@ class CutoffPolicy:
         """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores."""
         raise NotImplementedError
 
+    def _trace_scores(self, trace: Trace) -> Tensor:
+        """``[T, N]`` scores of a whole trace (policies may cache them on the trace)."""
+        return self._scores(trace.outputs)
+
     def _thresholds(self, calibration: Trace | None, values: Sequence[Any], T: int) -> Tensor:
         """``[E, T]`` thresholds for E values of ``param``."""
         raise NotImplementedError
@@ -105,7 +109,7 @@ class CutoffPolicy:
         """Post-hoc cutoff on a whole trace: exit steps, predictions, accuracy, cost."""
         self._check_trace(trace)
         thresholds = self._thresholds_for(trace)
-        mask = self._passes(self._scores(trace.outputs), thresholds.view(-1, 1))
+        mask = self._passes(self._trace_scores(trace), thresholds.view(-1, 1))
         return CutoffResult.from_exit_steps(trace, first_exit(mask), repr(self))
 
     @torch.no_grad()
@@ -149,11 +153,11 @@ class CutoffPolicy:
             if calibration.T != test.T:
                 raise ValueError(f"calibration has T = {calibration.T} but test has T = {test.T}")
         thresholds = self._thresholds(calibration, values, test.T)  # [E, T]
-        scores = self._scores(test.outputs)  # computed once for all values
-        return [
-            CutoffResult.from_exit_steps(test, first_exit(self._passes(scores, thr.view(-1, 1))), repr(v))
-            for v, thr in zip(variants, thresholds)
-        ]
+        scores = self._trace_scores(test)  # computed once for all values
+        exits = torch.cat([  # [E, N], a few values at a time to bound memory
+            first_exit(self._passes(scores, thr.unsqueeze(-1))) for thr in thresholds.split(8)
+        ])
+        return [CutoffResult.from_exit_steps(test, e, repr(v)) for v, e in zip(variants, exits)]
 
 
 def sweep(

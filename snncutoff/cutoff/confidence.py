@@ -36,6 +36,9 @@ class Confidence(CutoffPolicy):
     def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
         return max_softmax(outputs)
 
+    def _trace_scores(self, trace: Trace) -> Tensor:
+        return trace.cached("max_softmax", lambda: max_softmax(trace.outputs))
+
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
         levels = [1.0 - check_unit_interval("epsilon", v) for v in values]
         # float32, as a Python scalar compared with a float32 tensor would be rounded

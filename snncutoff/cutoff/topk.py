@@ -36,6 +36,13 @@ from .functional import (
 )
 
 
+def _trace_top2(trace: Trace) -> tuple[Tensor, Tensor]:
+    """``(gap, argmax)`` ``[T, N]`` of a trace, computed once and kept with it."""
+    gap, argmax = trace.cached("top2_gap", lambda: top2_gap(trace.outputs))
+    trace.cached("predictions", lambda: argmax)  # the same argmax, for free
+    return gap, argmax
+
+
 class TopKGap(CutoffPolicy):
     """Top-1 minus top-2 gap policy with per-step thresholds ``beta_`` ``[T]``.
 
@@ -64,9 +71,12 @@ class TopKGap(CutoffPolicy):
     def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
         return top2_gap(outputs)[0]
 
+    def _trace_scores(self, trace: Trace) -> Tensor:
+        return _trace_top2(trace)[0]
+
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
         epsilons = [check_unit_interval("epsilon", v) for v in values]
-        gaps, argmax = top2_gap(calibration.outputs)
+        gaps, argmax = _trace_top2(calibration)
         if self.search == "exact":
             oct_steps = optimal_cutoff_steps(argmax == calibration.labels)  # [N], 1-based
             steps = torch.arange(1, T + 1, device=gaps.device).view(-1, 1)

@@ -1,0 +1,1 @@
+"""snncutoff-bench: click commands that benchmark cutoff across SNN frameworks."""
