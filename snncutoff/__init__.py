@@ -8,11 +8,16 @@ The core is backend-agnostic (torch and numpy only):
   ``Confidence``, ``Conformal``) with ``fit`` / ``evaluate`` / ``exit_now``;
 - :func:`sweep` — many epsilons or alphas from the same traces.
 
-Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.backends`.
+Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.backends`;
+:func:`collect_trace` runs a converted or user-written SNN into a trace.
 """
 
+from . import backends, constraints
+from .collect import collect_trace, encode
+from .convert import ConversionError
 from .cutoff import Confidence, Conformal, CutoffPolicy, Timestep, TopKGap, sweep
 from .oct import optimal_cutoff
+from .spec import IF, LIF
 from .result import CutoffResult
 from .trace import Trace
 from .validation import NotFittedError
@@ -20,6 +25,13 @@ from .validation import NotFittedError
 __version__ = "0.1.0"
 
 __all__ = [
+    "IF",
+    "LIF",
+    "ConversionError",
+    "backends",
+    "collect_trace",
+    "constraints",
+    "encode",
     "Confidence",
     "Conformal",
     "CutoffPolicy",

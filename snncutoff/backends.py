@@ -16,13 +16,205 @@ the adapter imports its framework lazily.
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .convert import ConvertedActivation, convert_ann
+from .record import Recorder
+from .spec import IF, LIF
 
 GROUP = "snncutoff.backends"
 
 _registered: dict[str, Callable[[], Any]] = {}
 _instances: dict[str, Any] = {}
+
+
+Readout = str | Callable[[Any], Tensor]
+
+
+class Backend:
+    """What an adapter implements (DESIGN.md, "The backend contract"), and the shared logic.
+
+    Adapters subclass this and implement the framework hooks in the first block; the
+    contract methods (``convert``, ``reset``, ``step``, ``run``, ``spiking_layers``,
+    ``record``, ``select``) are written once here on top of them.
+
+    Shapes: ``x_t`` ``[N, ...]`` one step; ``x_seq`` ``[T, N, ...]`` time-major;
+    outputs ``y_t`` ``[N, C]`` and ``y_seq`` ``[T, N, C]``, per step (not cumulative).
+
+    Readout (how a network's raw output becomes ``y_t``): ``"auto"`` (default) takes a
+    tensor as it is and the first element of a tuple (snnTorch's ``(spk, mem)``: spike
+    counts accumulate into the trace); ``"spikes"`` the same; ``"membrane"`` the second
+    element of a tuple, or the membrane of the last spiking layer; or a callable
+    ``output -> y_t``.
+    """
+
+    name: ClassVar[str] = "backend"
+
+    # ------------------------------------------------------- framework hooks
+    def available(self) -> tuple[bool, str]:
+        """``(True, "")`` when the framework imports, else ``(False, what to install)``."""
+        raise NotImplementedError
+
+    def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
+        """Integrate-and-fire, soft reset, emitting ``threshold * spike``; ``V_0 = v_init * threshold``."""
+        raise NotImplementedError
+
+    def lif_neuron(self, spec: LIF) -> nn.Module:
+        """A trainable LIF neuron (surrogate gradient) of the framework."""
+        raise NotImplementedError
+
+    def is_spiking(self, module: nn.Module) -> bool:
+        """Whether ``module`` is one of the framework's spiking neurons."""
+        raise NotImplementedError
+
+    def is_stateful(self, module: nn.Module) -> bool:
+        """Whether ``module`` holds state across steps (reset and select act on these)."""
+        raise NotImplementedError
+
+    def reset_module(self, module: nn.Module) -> None:
+        """Forget ``module``'s state (back to its initial membrane)."""
+        raise NotImplementedError
+
+    def select_module(self, module: nn.Module, keep: Tensor) -> None:
+        """Keep only the batch rows ``keep`` of ``module``'s state."""
+        raise NotImplementedError
+
+    def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
+        """The spike tensor in a spiking layer's forward output."""
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    def membrane_of(self, module: nn.Module) -> Tensor | None:
+        """The membrane potential a spiking layer holds after its last step, if exposed."""
+        return None
+
+    def is_multistep(self, net: nn.Module) -> bool:
+        """Whether ``net(x_seq)`` processes a whole ``[T, N, ...]`` sequence in one call."""
+        return False
+
+    def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
+        """Swap a stateless layer for the framework's version (conversion, multi-step)."""
+        return layer
+
+    def set_step_mode(self, net: nn.Module, step_mode: str) -> nn.Module:
+        """Put a converted network in single- (``"s"``) or multi-step (``"m"``) mode."""
+        if step_mode != "s":
+            raise ValueError(f"backend {self.name!r} supports step_mode='s' only, got {step_mode!r}")
+        return net
+
+    # ------------------------------------------------------------- contract
+    def convert(
+        self,
+        ann: nn.Module,
+        spec: IF | LIF | None = None,
+        calibration: Iterable | None = None,
+        *,
+        step_mode: str = "s",
+        threshold_rule: str = "max",
+        maxpool: str = "error",
+        fuse_bn: bool = False,
+        example_input: Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> nn.Module:
+        """ANN -> SNN built from this framework's neurons (see :func:`snncutoff.convert.convert_ann`).
+
+        ``spec=IF(...)`` (default) converts for inference: integrate-and-fire neurons,
+        soft reset, thresholds from constraints or calibration. ``spec=LIF(...)`` builds a
+        trainable network with the framework's LIF neurons in place of the activations
+        (direct training; every other layer is kept as it is).
+        The result carries ``snncutoff_activations``, the list of what was converted.
+        """
+        spec = spec if spec is not None else IF()
+        if isinstance(spec, LIF):
+            snn, acts = convert_ann(
+                ann, lambda theta, v: self.lif_neuron(spec), IF(threshold=spec.threshold, v_init=0.0),
+                map_layer=(lambda m: self.map_layer(m, step_mode)), training=True, example_input=example_input,
+            )
+        elif isinstance(spec, IF):
+            snn, acts = convert_ann(
+                ann, self.if_neuron, spec, calibration, threshold_rule=threshold_rule, maxpool=maxpool,
+                fuse_bn=fuse_bn, map_layer=(lambda m: self.map_layer(m, step_mode)),
+                example_input=example_input, device=device,
+            )
+        else:
+            raise TypeError(f"spec must be snncutoff.spec.IF or LIF, got {type(spec).__name__}")
+        snn = self.set_step_mode(snn, step_mode)
+        snn.snncutoff_activations: list[ConvertedActivation] = acts
+        self.reset(snn)
+        return snn
+
+    def stateful_modules(self, net: nn.Module) -> list[nn.Module]:
+        """Every module of ``net`` holding state across steps."""
+        return [m for m in net.modules() if self.is_stateful(m)]
+
+    def spiking_layers(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
+        """``[(name, module)]`` of the framework's spiking neurons in ``net``, in order."""
+        return [(n, m) for n, m in net.named_modules() if self.is_spiking(m)]
+
+    def reset(self, net: nn.Module) -> None:
+        """Reset every stateful module of ``net`` (this network only; nothing global)."""
+        for m in self.stateful_modules(net):
+            self.reset_module(m)
+
+    def select(self, net: nn.Module, keep: Tensor) -> None:
+        """Keep only batch rows ``keep`` (``[K]`` indices or ``[N]`` bool) of every neuron state."""
+        if keep.dtype == torch.bool:
+            keep = keep.nonzero().flatten()
+        for m in self.stateful_modules(net):
+            self.select_module(m, keep)
+
+    def _readout(self, net: nn.Module, out: Any, readout: Readout) -> Tensor:
+        if callable(readout):
+            return readout(out)
+        if readout in ("auto", "spikes"):
+            return out[0] if isinstance(out, (tuple, list)) else out
+        if readout == "membrane":
+            if isinstance(out, (tuple, list)):
+                return out[1]
+            layers = self.spiking_layers(net)
+            v = self.membrane_of(layers[-1][1]) if layers else None
+            if v is None:
+                raise ValueError("readout='membrane': the last spiking layer exposes no membrane; pass a callable")
+            return v
+        raise ValueError(f"readout must be 'auto', 'spikes', 'membrane' or a callable, got {readout!r}")
+
+    def step(self, net: nn.Module, x_t: Tensor, readout: Readout = "auto") -> Tensor:
+        """One timestep: ``[N, ...] -> [N, C]``; state is kept for the next call."""
+        return self._readout(net, net(x_t), readout)
+
+    def run(
+        self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto", multistep: bool | None = None
+    ) -> Tensor:
+        """All timesteps: ``[T, N, ...] -> [T, N, C]`` per-step outputs.
+
+        Uses one multi-step call when the network is in multi-step mode (or
+        ``multistep=True``: a module whose ``forward`` loops over time itself), else a
+        loop of :meth:`step`. Does not reset first.
+        """
+        if multistep if multistep is not None else self.is_multistep(net):
+            return self._readout(net, net(x_seq), readout)
+        return torch.stack([self.step(net, x_seq[t], readout) for t in range(x_seq.shape[0])])
+
+    @contextmanager
+    def record(
+        self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,
+        T: int | None = None,
+    ) -> Iterator[Recorder]:
+        """Record per-layer spikes (``store=True``), membranes and per-sample operation counts.
+
+        ``T`` is needed for a multi-step network (to arrange its counts as ``[T, N]``).
+        """
+        rec = Recorder(store=store, membrane=membrane,
+                       multistep=self.is_multistep(net) if multistep is None else multistep, T=T)
+        rec.attach(net, self.spiking_layers(net), self.spikes_of, self.membrane_of)
+        try:
+            yield rec
+        finally:
+            rec.detach()
 
 
 def register(name: str, factory: Callable[[], Any]) -> None:

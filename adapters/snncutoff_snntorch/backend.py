@@ -1,0 +1,106 @@
+"""``SnnTorchBackend``: the backend contract on snnTorch 0.9.x and 1.x.
+
+State is reset per network, never through ``snntorch.utils.reset`` (it resets every
+instance of a class in the process and skips nested modules): every snnTorch neuron
+found in ``net.modules()`` gets ``reset_mem()``, and snncutoff's own neuron wrappers
+their ``reset()``. ``select`` indexes ``mem`` / ``syn`` / ``spk`` along the batch
+dimension (snnTorch silently zeroes a state whose shape no longer matches the input).
+
+Users' own networks: an ``nn.Sequential`` of layers and ``Leaky(init_hidden=True)``
+neurons (last one ``output=True``) is stepped like any other net (its output
+``(spk, mem)`` is read with the readout, spikes by default); a tutorial-style module
+whose ``forward`` loops over time and returns stacked ``[T, N, C]`` records is run with
+``multistep=True`` (one call per batch; it keeps its own state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snncutoff.backends import Backend
+from snncutoff.spec import LIF
+
+from ._compat import INSTALL_HINT, STATE_NAMES, snn
+from .neurons import IFNeuron, LIFNeuron
+
+
+class SnnTorchBackend(Backend):
+    """snnTorch adapter (no options: snnTorch has no alternative kernels)."""
+
+    name = "snntorch"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            snn()
+        except ImportError as exc:
+            return False, f"{exc}; {INSTALL_HINT}"
+        return True, ""
+
+    @property
+    def version(self) -> str:
+        """Installed snnTorch version."""
+        return snn().version
+
+    def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
+        return IFNeuron(threshold, v_init)
+
+    def lif_neuron(self, spec: LIF) -> nn.Module:
+        return LIFNeuron(spec)
+
+    def _wrapped(self, net: nn.Module) -> set[int]:
+        return {id(m.lif) for m in net.modules() if isinstance(m, (IFNeuron, LIFNeuron))}
+
+    def is_spiking(self, module: nn.Module) -> bool:
+        return isinstance(module, (IFNeuron, LIFNeuron, snn().SpikingNeuron))
+
+    def spiking_layers(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
+        inner = self._wrapped(net)  # report snncutoff's wrappers, not the Leaky inside them
+        return [(n, m) for n, m in net.named_modules() if self.is_spiking(m) and id(m) not in inner]
+
+    def is_stateful(self, module: nn.Module) -> bool:
+        return isinstance(module, (IFNeuron, LIFNeuron, snn().SpikingNeuron))
+
+    def stateful_modules(self, net: nn.Module) -> list[nn.Module]:
+        inner = self._wrapped(net)  # a wrapper owns its Leaky's state
+        return [m for m in net.modules() if self.is_stateful(m) and id(m) not in inner]
+
+    def reset_module(self, module: nn.Module) -> None:
+        if isinstance(module, (IFNeuron, LIFNeuron)):
+            module.reset()
+            return
+        for name in STATE_NAMES:
+            value = getattr(module, name, None)
+            if isinstance(value, Tensor):
+                setattr(module, name, torch.zeros_like(value))
+
+    def select_module(self, module: nn.Module, keep: Tensor) -> None:
+        if isinstance(module, (IFNeuron, LIFNeuron)):
+            if module.mem is not None:
+                module.mem = module.mem[keep.to(module.mem.device)]
+            return
+        for name in STATE_NAMES:
+            value = getattr(module, name, None)
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.numel() > 1:
+                setattr(module, name, value[keep.to(value.device)])
+
+    def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
+        if isinstance(module, IFNeuron):
+            return output / module.threshold  # theta * S -> S, exactly
+        return output[0] if isinstance(output, (tuple, list)) else output
+
+    def membrane_of(self, module: nn.Module) -> Tensor | None:
+        """Post-reset membrane (as SpikingJelly's ``v``), also for snnTorch's delayed reset."""
+        if isinstance(module, IFNeuron):
+            return module.mem
+        lif = module.lif if isinstance(module, LIFNeuron) else module
+        mem = getattr(lif, "mem", None)
+        if not isinstance(mem, Tensor) or mem.numel() == 0:
+            return None
+        mechanism = int(getattr(lif, "reset_mechanism_val", 2))
+        if mechanism == 2:  # none
+            return mem
+        spk = lif.fire(mem) / lif.graded_spikes_factor
+        return mem - spk * lif.threshold if mechanism == 0 else mem * (1 - spk)

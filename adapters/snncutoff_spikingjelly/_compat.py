@@ -1,0 +1,79 @@
+"""Lazy, version-aware access to SpikingJelly (0.0.0.0.14 and 2.x), detected by feature.
+
+Only ``activation_based.{neuron, layer, functional, surrogate, base}`` are imported, and
+only on first use: never ``datasets``, ``monitor`` or ``model`` (they pull torchvision,
+torchaudio and tensorboard).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from functools import lru_cache
+from types import SimpleNamespace
+
+INSTALL_HINT = (
+    "install SpikingJelly: pip install --no-deps 'spikingjelly==2.0.0' 'loguru>=0.7,<1' "
+    "(or 'spikingjelly==0.0.0.0.14'); ./install.sh does it"
+)
+_NEURON_ENV = ("SJ_IF_CUDA_IMPLEMENTATION", "SJ_LIF_CUDA_IMPLEMENTATION", "SJ_PLIF_CUDA_IMPLEMENTATION")
+
+
+def set_cuda_implementation(kind: str) -> bool:
+    """2.x: choose ``cuda`` / ``triton`` / ``torch`` / ``auto`` for IF, LIF and PLIF on CUDA.
+
+    SpikingJelly reads ``SJ_*_CUDA_IMPLEMENTATION`` when its ops are imported; before
+    that the variables are set, afterwards the request is passed to each op's selection
+    if it has not chosen yet. Returns False when a selection was already made.
+    """
+    for var in _NEURON_ENV:
+        os.environ[var] = kind
+    applied = True
+    for op in ("if_", "lif", "plif"):
+        mod_name = f"spikingjelly._ops.{op}"
+        mod = importlib.import_module(mod_name) if _imported(mod_name) else None
+        sel = getattr(mod, "_selection", None) if mod else None
+        if sel is not None and hasattr(sel, "_requested"):
+            if getattr(sel, "_selections", None):
+                applied = False
+            sel._requested = kind
+    return applied
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+@lru_cache(maxsize=1)
+def sj() -> SimpleNamespace:
+    """The SpikingJelly modules the adapter uses, plus ``legacy`` (0.0.0.0.14) and ``version``."""
+    # torch-cpu logs "Triton not available" twice per neuron type on 2.x's first call
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
+
+    legacy = "backend" in inspect.signature(neuron.IFNode).parameters
+    try:
+        import importlib.metadata as md
+
+        version = md.version("spikingjelly")
+    except Exception:  # noqa: BLE001 - a source checkout has no metadata
+        version = "unknown"
+    return SimpleNamespace(base=base, functional=functional, layer=layer, neuron=neuron,
+                           surrogate=surrogate, legacy=legacy, version=version)
+
+
+def cupy_available() -> tuple[bool, str]:
+    """Whether 0.0.0.0.14's cupy backend can run here (cupy importable and CUDA present)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (torch.cuda.is_available() is False)"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False, "cupy is not installed (pip install cupy-cuda12x, matching your CUDA)"
+    return True, ""

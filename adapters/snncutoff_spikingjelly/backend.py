@@ -1,0 +1,168 @@
+"""``SpikingJellyBackend``: the backend contract on SpikingJelly 0.0.0.0.14 and 2.x.
+
+Stateful modules are SpikingJelly ``MemoryModule`` s (every neuron, and any other
+module with memories); ``reset`` calls their own ``reset()`` (no ``reset_net`` cache is
+involved), ``select`` indexes every tensor memory along the batch dimension.
+Multi-step (``step_mode="m"``) nets are run with one call on ``[T, N, ...]``.
+
+GPU kernels (``gpu_kernel``): 0.0.0.0.14 has a cupy backend for multi-step neurons
+(used in train mode only, so ``run`` switches just the neurons to train mode for it);
+2.x dispatches by device to native CUDA, triton or torch kernels, chosen with the
+``SJ_*_CUDA_IMPLEMENTATION`` variables. ``"auto"`` takes the fastest the installed
+version offers; an unavailable choice falls back with a logged warning, except cupy
+without cupy or without CUDA, which is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snncutoff.backends import Backend, Readout
+from snncutoff.spec import LIF
+from snncutoff.validation import check_choice
+
+from ._compat import INSTALL_HINT, cupy_available, set_cuda_implementation, sj
+from .neurons import if_neuron, lif_neuron
+
+log = logging.getLogger("snncutoff.spikingjelly")
+GPU_KERNELS = ("auto", "cupy", "triton", "torch")
+
+
+class SpikingJellyBackend(Backend):
+    """SpikingJelly adapter.
+
+    Args:
+        gpu_kernel: ``"auto"``, ``"cupy"`` (0.0.0.0.14), ``"triton"`` (2.x) or ``"torch"``.
+
+    Example:
+        >>> backend = snncutoff.backends.get("spikingjelly")            # doctest: +SKIP
+        >>> snn = backend.convert(qcfs_ann, step_mode="m")               # doctest: +SKIP
+        >>> trace = snncutoff.collect_trace(backend, snn, test_loader, T=32)  # doctest: +SKIP
+    """
+
+    name = "spikingjelly"
+
+    def __init__(self, gpu_kernel: str = "auto") -> None:
+        self.gpu_kernel = check_choice("gpu_kernel", gpu_kernel, GPU_KERNELS)
+        self._kernel: str | None = None
+
+    # ------------------------------------------------------------ framework
+    def available(self) -> tuple[bool, str]:
+        try:
+            sj()
+        except ImportError as exc:
+            return False, f"{exc}; {INSTALL_HINT}"
+        return True, ""
+
+    @property
+    def version(self) -> str:
+        """Installed SpikingJelly version (``"2.0.0"``, ``"0.0.0.0.14"`` ...)."""
+        return sj().version
+
+    def kernel(self) -> str:
+        """The GPU kernel family this backend will use (resolved once, with fallbacks)."""
+        if self._kernel is None:
+            self._kernel = self._resolve_kernel()
+        return self._kernel
+
+    def _resolve_kernel(self) -> str:
+        legacy, want = sj().legacy, self.gpu_kernel
+        if want == "cupy":
+            ok, why = cupy_available()
+            if not ok:
+                raise RuntimeError(f"gpu_kernel='cupy' cannot be used: {why}")
+            if not legacy:
+                log.warning("SpikingJelly %s has no cupy backend (it picks CUDA/triton kernels by device); "
+                            "using gpu_kernel='auto'", sj().version)
+                return self._apply("auto")
+            return "cupy"
+        if want == "triton" and legacy:
+            fallback = "cupy" if cupy_available()[0] else "torch"
+            log.warning("SpikingJelly 0.0.0.0.14 has no triton kernels; using %r", fallback)
+            return fallback
+        if want == "auto" and legacy:
+            return "cupy" if cupy_available()[0] else "torch"
+        return self._apply(want)
+
+    def _apply(self, kind: str) -> str:
+        if not set_cuda_implementation(kind):
+            log.warning("SpikingJelly already chose its CUDA kernels in this process; gpu_kernel=%r applies "
+                        "to new processes (or set SJ_IF_CUDA_IMPLEMENTATION before importing it)", kind)
+        return kind
+
+    def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
+        return if_neuron(threshold, v_init)
+
+    def lif_neuron(self, spec: LIF) -> nn.Module:
+        return lif_neuron(spec, step_mode="s")
+
+    def _node_types(self) -> tuple[type, ...]:
+        n = sj().neuron
+        return tuple(t for t in (getattr(n, "BaseNode", None), getattr(n, "SimpleBaseNode", None)) if t)
+
+    def is_spiking(self, module: nn.Module) -> bool:
+        return isinstance(module, self._node_types())
+
+    def is_stateful(self, module: nn.Module) -> bool:
+        return isinstance(module, sj().base.MemoryModule)
+
+    def reset_module(self, module: nn.Module) -> None:
+        module.reset()
+
+    def select_module(self, module: nn.Module, keep: Tensor) -> None:
+        for name, value in list(module._memories.items()):
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                setattr(module, name, value[keep.to(value.device)])
+        v_seq = getattr(module, "v_seq", None)
+        if isinstance(v_seq, Tensor) and v_seq.dim() >= 2:
+            module.v_seq = v_seq[:, keep.to(v_seq.device)]
+
+    def membrane_of(self, module: nn.Module) -> Tensor | None:
+        v = getattr(module, "v", None)
+        return v if isinstance(v, Tensor) else None
+
+    def is_multistep(self, net: nn.Module) -> bool:
+        return any(getattr(m, "step_mode", "s") == "m" for m in net.modules())
+
+    def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
+        return sj().layer.SeqToANNContainer(layer) if step_mode == "m" else layer
+
+    def set_step_mode(self, net: nn.Module, step_mode: str) -> nn.Module:
+        """Set every SpikingJelly module of ``net`` to ``"s"`` or ``"m"`` (and the GPU kernel)."""
+        check_choice("step_mode", step_mode, ("s", "m"))
+        m = sj()
+        for mod in net.modules():
+            if hasattr(mod, "step_mode"):
+                mod.step_mode = step_mode
+        if m.legacy:
+            backend = self.kernel() if step_mode == "m" else "torch"
+            for mod in net.modules():
+                if self.is_spiking(mod) and backend in getattr(mod, "supported_backends", ("torch",)):
+                    mod.backend = backend
+        elif hasattr(m.functional, "invalidate_reset_cache"):
+            m.functional.invalidate_reset_cache(net)
+        return net
+
+    def run(self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto",
+            multistep: bool | None = None) -> Tensor:
+        neurons = [mod for mod in net.modules() if getattr(mod, "backend", None) == "cupy"]
+        if not neurons or not x_seq.is_cuda:
+            return super().run(net, x_seq, readout, multistep)
+        # 0.0.0.0.14 runs its cupy kernel only in train mode: switch the neurons alone
+        modes = [mod.training for mod in neurons]
+        for mod in neurons:
+            mod.train(True)
+        try:
+            return super().run(net, x_seq, readout, multistep)
+        finally:
+            for mod, was in zip(neurons, modes):
+                mod.train(was)
+
+    def describe(self) -> dict[str, Any]:
+        """Version and kernel information for reports."""
+        return {"version": self.version, "legacy_api": sj().legacy, "gpu_kernel": self.gpu_kernel,
+                "cuda": torch.cuda.is_available()}

@@ -1,0 +1,136 @@
+"""``collect_trace``: run a spiking network over a data set once and keep what it said.
+
+For every batch: encode the input into a ``[T, N, ...]`` sequence, reset the network,
+run the T steps through the backend (multi-step call or step loop), and keep the
+per-step outputs; the :class:`~snncutoff.Trace` accumulates them. With
+``count_ops=True`` the per-sample operations of each step are recorded too
+(:mod:`snncutoff.record`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .trace import Trace
+
+Encoder = str | Callable[[Tensor, int], Tensor]
+ENCODERS = ("direct", "frames", "time_major", "none")
+
+
+def encode(x: Tensor, T: int, encoder: Encoder = "direct") -> Tensor:
+    """Turn one input batch into a time-major sequence ``[T, N, ...]``.
+
+    - ``"direct"``: a static batch ``[N, ...]`` repeated T times (direct encoding);
+    - ``"frames"``: event frames ``[N, T, ...]`` as SpikingJelly's data loaders give them,
+      transposed to ``[T, N, ...]`` (the first T frames are used);
+    - ``"time_major"``: already ``[T, N, ...]``;
+    - ``"none"``: the batch unchanged (a network whose ``forward`` encodes / loops itself);
+    - a callable ``(x, T) -> [T, N, ...]``, e.g. Poisson rate coding
+      ``lambda x, T: snntorch.spikegen.rate(x, num_steps=T)``.
+    """
+    if callable(encoder):
+        return encoder(x, T)
+    if encoder == "direct":
+        return x.unsqueeze(0).expand(T, *x.shape)
+    if encoder in ("frames", "time_major"):
+        seq = x.transpose(0, 1) if encoder == "frames" else x
+        if seq.shape[0] < T:
+            raise ValueError(f"encoder={encoder!r}: the data holds {seq.shape[0]} frames, fewer than T = {T}")
+        return seq[:T]
+    if encoder == "none":
+        return x
+    raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
+
+
+def _split(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        for kx, ky in (("input", "label"), ("image", "label"), ("x", "y"), ("frames", "label")):
+            if kx in batch and ky in batch:
+                return batch[kx], batch[ky]
+    raise TypeError("each batch must be an (inputs, labels) pair (or a dict with input/label keys)")
+
+
+@torch.no_grad()
+def collect_trace(
+    backend: Any,
+    net: nn.Module,
+    data: Iterable,
+    T: int,
+    *,
+    encoder: Encoder = "direct",
+    readout: str | Callable = "auto",
+    multistep: bool | None = None,
+    count_ops: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> Trace:
+    """Run ``net`` for T steps on every batch of ``data`` and return the :class:`Trace`.
+
+    Args:
+        backend: a backend (``snncutoff.backends.get("spikingjelly")``) or its name.
+        net: a converted network, or one the user wrote in that framework.
+        data: iterable of ``(inputs, labels)`` batches (a ``DataLoader``).
+        T: timesteps (>= 1).
+        encoder: how inputs become ``[T, N, ...]`` (see :func:`encode`).
+        readout: how the network's output becomes ``[N, C]`` per step (see
+            :class:`snncutoff.backends.Backend`).
+        multistep: ``True`` when ``net(x_seq)`` returns the whole ``[T, N, C]`` sequence
+            (SpikingJelly multi-step mode is detected; an snnTorch module that loops
+            over time in its ``forward`` needs ``True``); None detects.
+        count_ops: also record per-step, per-sample operations into ``Trace.ops``.
+        device: move inputs (and the network) there; None leaves both where they are.
+        progress: show a tqdm bar on stderr.
+        meta: stored in ``Trace.meta`` (with backend, T and encoder).
+    """
+    from . import backends as _backends
+
+    if isinstance(backend, str):
+        backend = _backends.get(backend)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    if device is not None:
+        net = net.to(device)
+    was_training = net.training
+    net.eval()
+    outputs, labels, ops = [], [], []
+    try:
+        for batch in tqdm(data, desc=f"{backend.name} T={T}", disable=not progress, leave=False, unit="batch"):
+            x, y = _split(batch)
+            if device is not None:
+                x = x.to(device)
+            x_seq = encode(x, T, encoder)
+            backend.reset(net)
+            if count_ops:
+                with backend.record(net, multistep=multistep, T=T) as rec:
+                    out = backend.run(net, x_seq, readout, multistep)
+                batch_ops = rec.ops()
+                if batch_ops is None:
+                    raise ValueError("count_ops=True but the network has no Conv/Linear layer to count")
+                ops.append(batch_ops.cpu())
+            else:
+                out = backend.run(net, x_seq, readout, multistep)
+            if out.dim() != 3 or out.shape[0] != T:
+                raise ValueError(
+                    f"the network's per-step outputs must be [T, N, C] = [{T}, N, C], got {tuple(out.shape)}; "
+                    "check T, the encoder, the readout, or pass multistep=True for a net that loops over time"
+                )
+            outputs.append(out.float().cpu())
+            labels.append(torch.as_tensor(y).cpu())
+    finally:
+        backend.reset(net)
+        net.train(was_training)
+    if not outputs:
+        raise ValueError("data yielded no batch")
+    info = {"backend": backend.name, "T": T, "encoder": encoder if isinstance(encoder, str) else "callable"}
+    return Trace.from_steps(
+        torch.cat(outputs, dim=1), torch.cat(labels).long(), torch.cat(ops, dim=1) if ops else None,
+        {**info, **(meta or {})},
+    )

@@ -1,0 +1,384 @@
+"""ANN-to-SNN conversion, framework-free: find the activations, fix thresholds, swap neurons.
+
+A backend converts by calling :func:`convert_ann` with a factory that builds its own
+framework's integrate-and-fire neuron for a given threshold. The steps:
+
+1. check the network: every activation is an ``nn.ReLU`` or a
+   :class:`~snncutoff.constraints.Constraint` *module*, called once per forward (a
+   neuron holds state); a functional ``F.relu`` / ``torch.relu`` / ``Tensor.relu``
+   is an error naming the module whose ``forward`` calls it (found by tracing with
+   ``torch.fx``, or by running one calibration batch when tracing fails);
+2. thresholds: a constraint's own; for ``nn.ReLU`` the calibration rule (``"max"`` of
+   the activation over the calibration data, or a percentile such as ``"99.9%"``);
+3. layers: ``MaxPool`` is refused unless ``maxpool="avg"``; ``Dropout`` becomes
+   ``Identity``; ``BatchNorm`` after a ``Conv``/``Linear`` in a ``Sequential`` is
+   fused with ``fuse_bn=True`` (kept otherwise: in eval mode it is affine per step);
+   any other leaf module not listed in :data:`SUPPORTED` is an error naming it;
+4. each activation is replaced by ``make_neuron(threshold, v_init)``; the last layer
+   (no activation after it) stays non-spiking and its per-step output is the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .constraints import Constraint
+from .spec import IF
+
+SUPPORTED: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten, nn.Identity,
+)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu,
+                    torch.sigmoid, torch.tanh, F.hardtanh, F.elu}
+_METHOD_RELU = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min", "clip"}
+
+
+class ConversionError(ValueError):
+    """The ANN cannot be converted as it is; the message names the layer and the fix."""
+
+
+@dataclass(frozen=True)
+class ConvertedActivation:
+    """Where an activation was and what it became."""
+
+    path: str
+    kind: str
+    threshold: float
+    v_init: float
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return type(m) is nn.ReLU or isinstance(m, Constraint)
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx tracer that keeps constraint activations whole (their own forward uses relu)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Constraint) or super().is_leaf_module(m, qualname)
+
+
+def find_functional_activations(net: nn.Module) -> list[tuple[str, str]] | None:
+    """``[(module path, what)]`` of functional activations in ``net``'s forward code.
+
+    Traces with ``torch.fx`` (no data needed). Returns None when the network cannot be
+    traced (data-dependent control flow); then :func:`_check_by_running` is used.
+    Also reports activation *modules* called more than once per forward.
+    """
+    try:
+        graph = _Tracer().trace(net)
+    except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
+        return None
+    found, calls = [], {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = next(reversed(stack.values()))[0] if stack else ""
+        if node.op == "call_function" and node.target in _FUNCTIONAL_RELU:
+            found.append((owner, getattr(node.target, "__name__", str(node.target))))
+        elif node.op == "call_method" and node.target in _METHOD_RELU:
+            found.append((owner, f"Tensor.{node.target}"))
+        elif node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    modules = dict(net.named_modules())
+    for target, n in calls.items():
+        if n > 1 and _is_activation(modules[target]):
+            found.append((target, f"{type(modules[target]).__name__} module called {n} times per forward"))
+    return found
+
+
+def _check_by_running(net: nn.Module, example: Tensor) -> list[tuple[str, str]]:
+    """Run ``net`` once and catch functional activations and reused activation modules."""
+    found, stack, calls = [], [""], {}
+    names = {m: n for n, m in net.named_modules()}
+
+    class Spy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
+                found.append((stack[-1], name))
+            return func(*args, **(kwargs or {}))
+
+    def pre(m, _):
+        stack.append(names.get(m, ""))
+        if _is_activation(m):
+            calls[names[m]] = calls.get(names[m], 0) + 1
+
+    def post(m, _in, _out):
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in net.modules()]
+    handles += [m.register_forward_hook(post) for m in net.modules()]
+    activation_modules = {m for m in net.modules() if _is_activation(m)}
+    try:
+        with torch.no_grad(), Spy():
+            net(example)
+    finally:
+        for h in handles:
+            h.remove()
+    # the constraints' own forward uses relu/clamp internally: not a functional activation
+    found = [(p, w) for p, w in found if not any(p == names[m] for m in activation_modules)]
+    found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]
+    return found
+
+
+def _batches(data: Iterable) -> Iterable[Tensor]:
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(f"calibration batches must be tensors or (x, y) pairs, got {type(x).__name__}")
+        yield x
+
+
+def _parse_rule(rule: str) -> float | None:
+    """``"max"`` -> None; ``"99.9%"`` -> 0.999."""
+    if rule == "max":
+        return None
+    if isinstance(rule, str) and rule.endswith("%"):
+        q = float(rule[:-1]) / 100.0
+        if 0.0 < q <= 1.0:
+            return q
+    raise ValueError(f"threshold rule must be 'max' or a percentile such as '99.9%', got {rule!r}")
+
+
+@torch.no_grad()
+def calibrate_thresholds(
+    ann: nn.Module, data: Iterable, rule: str = "max", device: torch.device | str | None = None,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Threshold of every ``nn.ReLU`` of ``ann`` from its outputs on ``data``.
+
+    ``"max"``: the largest activation over all batches. ``"99.9%"`` (any percentile):
+    the mean over batches of the per-batch percentile of the layer's activations
+    (robust to outliers, as in Rueckauer et al. 2017).
+
+    Returns:
+        ``{module path: threshold}``.
+    """
+    q = _parse_rule(rule)
+    relus = {name: m for name, m in ann.named_modules() if type(m) is nn.ReLU}
+    stats: dict[str, list[float]] = {name: [] for name in relus}
+
+    def hook(name):
+        def fn(_m, _i, out):
+            flat = out.detach().float().flatten()
+            if q is None:
+                stats[name].append(float(flat.max()))
+            else:  # kthvalue: quantile() refuses more than 16M elements
+                k = max(1, min(flat.numel(), int(round(q * flat.numel()))))
+                stats[name].append(float(flat.kthvalue(k).values))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in relus.items()]
+    was_training = ann.training
+    ann.eval()
+    try:
+        for i, x in enumerate(_batches(data)):
+            if max_batches is not None and i >= max_batches:
+                break
+            ann(x.to(device) if device is not None else x)
+    finally:
+        for h in handles:
+            h.remove()
+        ann.train(was_training)
+    out = {}
+    for name, values in stats.items():
+        if not values:
+            raise ConversionError(f"calibration data never reached nn.ReLU '{name}' (empty loader?)")
+        t = max(values) if q is None else sum(values) / len(values)
+        if not t > 0:
+            raise ConversionError(
+                f"nn.ReLU '{name}' never fired on the calibration data (threshold {t}); "
+                "calibrate on more or different data, or train the ANN with a constraint activation"
+            )
+        out[name] = t
+    return out
+
+
+def _fuse_bn(module: nn.Module) -> None:
+    """Fuse Conv/Linear followed directly by BatchNorm inside every ``nn.Sequential``."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        keys = list(seq._modules)
+        for a, b in zip(keys, keys[1:]):
+            first, second = seq._modules[a], seq._modules[b]
+            if isinstance(first, (nn.Conv1d, nn.Conv2d)) and isinstance(second, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(first, second), nn.Identity()
+            elif isinstance(first, nn.Linear) and isinstance(second, nn.BatchNorm1d):
+                seq._modules[a], seq._modules[b] = fuse_linear_bn_eval(first, second), nn.Identity()
+
+
+def _first_example(calibration: Iterable | None, example_input: Tensor | None) -> Tensor | None:
+    if example_input is not None:
+        return example_input
+    if calibration is None:
+        return None
+    for x in _batches(calibration):
+        return x[:2]
+    return None
+
+
+def convert_ann(
+    ann: nn.Module,
+    make_neuron: Callable[[float, float], nn.Module],
+    spec: IF | None = None,
+    calibration: Iterable | None = None,
+    *,
+    threshold_rule: str = "max",
+    maxpool: str = "error",
+    fuse_bn: bool = False,
+    map_layer: Callable[[nn.Module], nn.Module] | None = None,
+    example_input: Tensor | None = None,
+    device: torch.device | str | None = None,
+    training: bool = False,
+) -> tuple[nn.Module, list[ConvertedActivation]]:
+    """Convert a copy of ``ann``; ``ann`` itself is not modified.
+
+    Args:
+        ann: ReLU or constraint-activation network (``nn.Module``).
+        make_neuron: ``(threshold, v_init_fraction) -> module`` of the backend's framework;
+            the module emits ``threshold * spike`` per step and holds its membrane.
+        spec: :class:`~snncutoff.spec.IF` overrides (fixed threshold, v_init).
+        calibration: batches (``x`` or ``(x, y)``) to set ``nn.ReLU`` thresholds.
+        threshold_rule: ``"max"`` or a percentile such as ``"99.9%"``.
+        maxpool: ``"error"`` (default) or ``"avg"`` to replace max pooling by average pooling.
+        fuse_bn: fold BatchNorm into the preceding Conv/Linear.
+        map_layer: optional backend hook applied to every kept stateless layer (e.g. to
+            swap ``nn.Conv2d`` for SpikingJelly's multi-step ``layer.Conv2d``).
+        example_input: one input batch, used to check functional activations when the
+            network cannot be traced and no calibration data is given.
+        training: build a network to train (direct training): only the activations are
+            swapped (``make_neuron`` ignores the threshold); every other layer, Dropout
+            and MaxPool included, is kept and the copy keeps ``ann``'s train/eval mode.
+    Returns:
+        ``(snn, activations)``: the converted network (eval mode) and what each
+        activation became.
+    Raises:
+        ConversionError: naming the offending layer and what to do.
+    """
+    if not isinstance(ann, nn.Module):
+        raise TypeError(f"ann must be a torch.nn.Module, got {type(ann).__name__}")
+    spec = spec or IF()
+    if maxpool not in ("error", "avg"):
+        raise ValueError(f"maxpool must be 'error' or 'avg', got {maxpool!r}")
+    found = find_functional_activations(ann)
+    if found is None:
+        example = _first_example(calibration, example_input)
+        if example is None:
+            raise ConversionError(
+                f"{type(ann).__name__} cannot be traced with torch.fx (data-dependent control flow?), so "
+                "its forward cannot be checked for functional activations such as F.relu, which would be "
+                "silently left in the SNN. Pass calibration= data or example_input= so it can be run once."
+            )
+        was = ann.training
+        ann.eval()
+        try:
+            found = _check_by_running(ann, example.to(device) if device is not None else example)
+        finally:
+            ann.train(was)
+    if found:
+        where = "; ".join(f"'{p or type(ann).__name__}' uses {w}" for p, w in found)
+        raise ConversionError(
+            f"cannot convert: {where}. Every activation must be its own nn.ReLU (or snncutoff constraint) "
+            "module, created in __init__ and called once in forward; replace functional calls such as "
+            "F.relu(x) by a module and give each call site its own module."
+        )
+
+    snn = copy.deepcopy(ann)
+    if training:
+        theta = float(spec.threshold or 1.0)
+        trained: list[ConvertedActivation] = []
+
+        def visit_train(module: nn.Module, prefix: str) -> None:
+            for name, child in list(module.named_children()):
+                path = f"{prefix}.{name}" if prefix else name
+                if _is_activation(child):
+                    setattr(module, name, make_neuron(theta, 0.0))
+                    trained.append(ConvertedActivation(path, type(child).__name__, theta, 0.0))
+                elif len(child._modules) == 0:
+                    if map_layer is not None:
+                        setattr(module, name, map_layer(child))
+                else:
+                    visit_train(child, path)
+
+        visit_train(snn, "")
+        if not trained:
+            raise ConversionError("no activation (nn.ReLU or constraint module) found: nothing to make spike")
+        return snn, trained
+    snn.eval()
+    if fuse_bn:
+        _fuse_bn(snn)
+    relu_paths = [n for n, m in snn.named_modules() if type(m) is nn.ReLU]
+    thresholds: dict[str, float] = {}
+    if relu_paths and spec.threshold is None:
+        if calibration is None:
+            raise ConversionError(
+                f"{len(relu_paths)} nn.ReLU layer(s) (first: '{relu_paths[0]}') need a threshold: pass "
+                "calibration= data (e.g. the training loader; rule 'max' or '99.9%'), or IF(threshold=...), "
+                "or train with snncutoff.constraints (QCFS / Clip) whose thresholds convert directly"
+            )
+        thresholds = calibrate_thresholds(snn, calibration, threshold_rule, device)
+
+    converted: list[ConvertedActivation] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            new = child
+            if _is_activation(child):
+                if spec.threshold is not None:
+                    theta = float(spec.threshold)
+                elif isinstance(child, Constraint):
+                    theta = child.conversion_threshold()
+                else:
+                    theta = thresholds[path]
+                v_init = spec.v_init if spec.v_init is not None else getattr(child, "v_init", 0.5)
+                new = make_neuron(theta, float(v_init))
+                converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
+            elif isinstance(child, _DROPOUT):
+                new = nn.Identity()
+            elif isinstance(child, _MAXPOOL):
+                if maxpool != "avg":
+                    raise ConversionError(
+                        f"layer '{path}' ({type(child).__name__}) has no rate-coded spiking equivalent; pass "
+                        "maxpool='avg' to replace it by average pooling (best with an ANN trained with AvgPool)"
+                    )
+                new = _avg_of(child)
+                new = map_layer(new) if map_layer else new
+            elif isinstance(child, SUPPORTED):
+                new = map_layer(child) if map_layer else child
+            elif len(child._modules) == 0:
+                raise ConversionError(
+                    f"layer '{path}' ({type(child).__name__}) cannot be converted. Supported layers: "
+                    f"{', '.join(c.__name__ for c in SUPPORTED)}, Dropout, MaxPool (with maxpool='avg'), nn.ReLU "
+                    "and snncutoff.constraints activations, and containers / custom modules made of them. "
+                    "Replace the layer, or wrap it in a custom module whose children are supported."
+                )
+            else:
+                visit(child, path)
+            if new is not child:
+                setattr(module, name, new)
+
+    visit(snn, "")
+    if not converted:
+        raise ConversionError("no activation (nn.ReLU or constraint module) found: nothing to make spike")
+    return snn.eval(), converted
+
+
+def _avg_of(pool: nn.Module) -> nn.Module:
+    if isinstance(pool, nn.MaxPool2d):
+        return nn.AvgPool2d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+    if isinstance(pool, nn.MaxPool1d):
+        return nn.AvgPool1d(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+    if isinstance(pool, nn.AdaptiveMaxPool2d):
+        return nn.AdaptiveAvgPool2d(pool.output_size)
+    return nn.AdaptiveAvgPool1d(pool.output_size)

@@ -1,0 +1,166 @@
+r"""Per-layer spikes, membranes and per-sample operation counts, recorded with hooks.
+
+Operations of one step for sample n (the ``ops`` of a :class:`~snncutoff.Trace`):
+
+.. math::  \mathrm{ops}_n = \sum_{\ell \text{ spike-fed}} \sum_i [x^\ell_{n,i} \ne 0]\,\mathrm{fanout}^\ell_i
+           \;+\; \sum_{\ell \text{ real-fed}} \mathrm{MAC}^\ell
+
+A synaptic layer (``Conv1d/2d``, ``Linear``) is *spike-fed* when its input takes at most
+one non-zero value (spikes, possibly scaled by a threshold): each spike costs one
+accumulate per synapse it reaches — the fan-out, counted exactly with the layer's
+geometry (padding and stride included). Otherwise (the first layer under direct
+encoding) the layer costs its dense multiply-accumulates. This is the convention of
+SpikingJelly 2.x's ``SynOpCounter`` / ``MACCounter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SYNAPTIC = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _unwrap(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def is_spike_like(x: Tensor) -> bool:
+    """True when every non-zero element of ``x`` has the same value (0/1 or 0/theta)."""
+    nz = x[x != 0]
+    return nz.numel() == 0 or bool((nz == nz[0]).all())
+
+
+def synaptic_ops(layer: nn.Module, x: Tensor) -> Tensor:
+    """Per-sample operations of ``layer`` on input ``x`` ``[B, ...]`` (``[B]`` float64).
+
+    Spike-like input: non-zero inputs times their exact fan-out; otherwise dense MACs.
+    """
+    B = x.shape[0]
+    if is_spike_like(x):
+        active = (x != 0).to(torch.float32)
+        if isinstance(layer, nn.Linear):
+            return active.flatten(1).sum(1).double() * layer.out_features
+        conv = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv1d
+        ones = torch.ones_like(layer.weight, dtype=torch.float32)
+        reached = conv(active, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return reached.flatten(1).sum(1).double()
+    if isinstance(layer, nn.Linear):
+        per = x[0].numel() // layer.in_features * layer.in_features * layer.out_features
+        return torch.full((B,), float(per), dtype=torch.float64, device=x.device)
+    k = layer.weight[0].numel()  # in_channels / groups * kernel size
+    spatial = _conv_out_numel(layer, x, 2 if isinstance(layer, nn.Conv2d) else 1)
+    return torch.full((B,), float(spatial * layer.out_channels * k), dtype=torch.float64, device=x.device)
+
+
+def _conv_out_numel(layer: nn.Module, x: Tensor, dims: int) -> int:
+    size = 1
+    for d in range(dims):
+        n = x.shape[-dims + d]
+        p, dil, k, s = layer.padding[d], layer.dilation[d], layer.kernel_size[d], layer.stride[d]
+        size *= (n + 2 * p - dil * (k - 1) - 1) // s + 1
+    return size
+
+
+@dataclass
+class Recorder:
+    """What :meth:`Backend.record` collects while a network runs.
+
+    Each forward call of a layer appends one entry. In single-step mode an entry is one
+    step ``[N, ...]``; in multi-step mode it covers all T steps (time-major ``[T, N, ...]``
+    or flattened ``[T * N, ...]`` rows, as SpikingJelly's containers pass them), and the
+    per-sample figures are reshaped to ``[T, N]`` with ``T``.
+
+    Attributes:
+        spikes: layer name -> list of spike tensors (kept only with ``store=True``).
+        membranes: layer name -> list of membrane tensors (with ``membrane=True``).
+        spike_counts: per call, ``[N]`` (or ``[T, N]``) spikes summed over spiking layers.
+        ops: per call, ``[N]`` (or ``[T, N]``) operations summed over synaptic layers.
+    """
+
+    store: bool = False
+    membrane: bool = False
+    multistep: bool = False
+    T: int | None = None
+    spikes: dict[str, list[Tensor]] = field(default_factory=dict)
+    membranes: dict[str, list[Tensor]] = field(default_factory=dict)
+    _spike_calls: dict[str, list[Tensor]] = field(default_factory=dict)
+    _op_calls: dict[str, list[Tensor]] = field(default_factory=dict)
+    _handles: list = field(default_factory=list)
+
+    def _per_sample(self, per_call: dict[str, list[Tensor]]) -> Tensor | None:
+        if self.multistep:
+            if self.T is None:
+                raise ValueError("a multi-step Recorder needs T to arrange its counts as [T, N]")
+            layers = [torch.cat(v).view(self.T, -1) for v in per_call.values() if v]
+        else:
+            layers = [torch.stack(v) for v in per_call.values() if v]
+        if not layers:
+            return None
+        return torch.stack(layers).sum(0)
+
+    def spike_counts(self) -> Tensor | None:
+        """``[T, N]`` spikes per step and sample, summed over spiking layers."""
+        return self._per_sample(self._spike_calls)
+
+    def ops(self) -> Tensor | None:
+        """``[T, N]`` operations per step and sample, summed over synaptic layers."""
+        return self._per_sample(self._op_calls)
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (hooks stay)."""
+        for d in (self.spikes, self.membranes, self._spike_calls, self._op_calls):
+            for v in d.values():
+                v.clear()
+
+    def attach(
+        self,
+        net: nn.Module,
+        spiking: list[tuple[str, nn.Module]],
+        spikes_of: Callable[[nn.Module, object], Tensor],
+        membrane_of: Callable[[nn.Module], Tensor | None],
+    ) -> None:
+        """Hook ``spiking`` layers (outputs) and every synaptic layer of ``net`` (inputs)."""
+        for name, m in spiking:
+            self.spikes[name], self.membranes[name], self._spike_calls[name] = [], [], []
+            self._handles.append(m.register_forward_hook(self._spike_hook(name, spikes_of, membrane_of)))
+        spiking_ids = {id(m) for _, m in spiking}
+        for name, m in net.named_modules():
+            if isinstance(m, SYNAPTIC) and id(m) not in spiking_ids:
+                self._op_calls[name] = []
+                self._handles.append(m.register_forward_pre_hook(self._op_hook(name)))
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _spike_hook(self, name, spikes_of, membrane_of):
+        def hook(module, _inputs, output):
+            s = spikes_of(module, output).detach()
+            rows = s.reshape(s.shape[0] * s.shape[1], -1) if self.multistep else s.flatten(1)
+            self._spike_calls[name].append((rows != 0).sum(-1).double())
+            if self.store:
+                self.spikes[name].append(s)
+            if self.membrane:
+                v = membrane_of(module)
+                if v is not None:
+                    self.membranes[name].append(v.detach())
+
+        return hook
+
+    def _op_hook(self, name):
+        def hook(module, inputs):
+            x = _unwrap(inputs).detach()
+            if self.multistep:  # [T, N, ...] or [T * N, ...] -> rows
+                feature_dims = {nn.Linear: 1, nn.Conv1d: 2, nn.Conv2d: 3}
+                dims = next(d for cls, d in feature_dims.items() if isinstance(module, cls))
+                x = x.reshape(-1, *x.shape[-dims:])
+            self._op_calls[name].append(synaptic_ops(module, x))
+
+        return hook
