@@ -96,6 +96,10 @@ class Backend:
         """Whether ``net(x_seq)`` processes a whole ``[T, N, ...]`` sequence in one call."""
         return False
 
+    def takes_sequences(self, module: nn.Module) -> bool:
+        """Whether a spiking layer's forward consumes and returns ``[T, N, ...]`` sequences."""
+        return False
+
     def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
         """Swap a stateless layer for the framework's version (conversion, multi-step)."""
         return layer
@@ -210,7 +214,7 @@ class Backend:
         """
         rec = Recorder(store=store, membrane=membrane,
                        multistep=self.is_multistep(net) if multistep is None else multistep, T=T)
-        rec.attach(net, self.spiking_layers(net), self.spikes_of, self.membrane_of)
+        rec.attach(net, self.spiking_layers(net), self.spikes_of, self.membrane_of, self.takes_sequences)
         try:
             yield rec
         finally:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .trace import Trace
+from .validation import check_finite
 
 Encoder = str | Callable[[Tensor, int], Tensor]
 ENCODERS = ("direct", "frames", "time_major", "none")
@@ -102,21 +103,31 @@ def collect_trace(
     net.eval()
     outputs, labels, ops = [], [], []
     try:
-        for batch in tqdm(data, desc=f"{backend.name} T={T}", disable=not progress, leave=False, unit="batch"):
+        batches = tqdm(data, desc=f"{backend.name} T={T}", disable=not progress, leave=False, unit="batch")
+        for i, batch in enumerate(batches):
             x, y = _split(batch)
+            if x.is_floating_point():
+                check_finite(f"inputs of batch {i}", x)
             if device is not None:
                 x = x.to(device)
             x_seq = encode(x, T, encoder)
             backend.reset(net)
-            if count_ops:
-                with backend.record(net, multistep=multistep, T=T) as rec:
+            try:
+                if count_ops:
+                    with backend.record(net, multistep=multistep, T=T) as rec:
+                        out = backend.run(net, x_seq, readout, multistep)
+                else:
                     out = backend.run(net, x_seq, readout, multistep)
+            except (RuntimeError, ValueError) as exc:  # torch reports shape errors as either
+                raise ValueError(
+                    f"running {type(net).__name__} on the encoded batch of shape {tuple(x_seq.shape)} "
+                    f"(time-major [T, N, ...], encoder={encoder!r}, multistep={multistep}) failed: {exc}"
+                ) from exc
+            if count_ops:
                 batch_ops = rec.ops()
                 if batch_ops is None:
                     raise ValueError("count_ops=True but the network has no Conv/Linear layer to count")
                 ops.append(batch_ops.cpu())
-            else:
-                out = backend.run(net, x_seq, readout, multistep)
             if out.dim() != 3 or out.shape[0] != T:
                 raise ValueError(
                     f"the network's per-step outputs must be [T, N, C] = [{T}, N, C], got {tuple(out.shape)}; "

@@ -123,11 +123,17 @@ class Recorder:
         spiking: list[tuple[str, nn.Module]],
         spikes_of: Callable[[nn.Module, object], Tensor],
         membrane_of: Callable[[nn.Module], Tensor | None],
+        takes_sequences: Callable[[nn.Module], bool] = lambda m: False,
     ) -> None:
-        """Hook ``spiking`` layers (outputs) and every synaptic layer of ``net`` (inputs)."""
+        """Hook ``spiking`` layers (outputs) and every synaptic layer of ``net`` (inputs).
+
+        ``takes_sequences(layer)`` tells whether a spiking layer's output is a whole
+        time-major sequence ``[T, N, ...]`` (SpikingJelly multi-step) or one step.
+        """
         for name, m in spiking:
             self.spikes[name], self.membranes[name], self._spike_calls[name] = [], [], []
-            self._handles.append(m.register_forward_hook(self._spike_hook(name, spikes_of, membrane_of)))
+            hook = self._spike_hook(name, spikes_of, membrane_of, takes_sequences(m))
+            self._handles.append(m.register_forward_hook(hook))
         spiking_ids = {id(m) for _, m in spiking}
         for name, m in net.named_modules():
             if isinstance(m, SYNAPTIC) and id(m) not in spiking_ids:
@@ -140,10 +146,10 @@ class Recorder:
             h.remove()
         self._handles.clear()
 
-    def _spike_hook(self, name, spikes_of, membrane_of):
+    def _spike_hook(self, name, spikes_of, membrane_of, sequence: bool):
         def hook(module, _inputs, output):
             s = spikes_of(module, output).detach()
-            rows = s.reshape(s.shape[0] * s.shape[1], -1) if self.multistep else s.flatten(1)
+            rows = s.reshape(s.shape[0] * s.shape[1], -1) if sequence else s.flatten(1)
             self._spike_calls[name].append((rows != 0).sum(-1).double())
             if self.store:
                 self.spikes[name].append(s)

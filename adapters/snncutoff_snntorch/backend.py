@@ -93,9 +93,9 @@ class SnnTorchBackend(Backend):
 
     def membrane_of(self, module: nn.Module) -> Tensor | None:
         """Post-reset membrane (as SpikingJelly's ``v``), also for snnTorch's delayed reset."""
-        if isinstance(module, IFNeuron):
+        if isinstance(module, (IFNeuron, LIFNeuron)):
             return module.mem
-        lif = module.lif if isinstance(module, LIFNeuron) else module
+        lif = module
         mem = getattr(lif, "mem", None)
         if not isinstance(mem, Tensor) or mem.numel() == 0:
             return None

@@ -9,10 +9,9 @@ membranes and spikes. (snnTorch's own delayed subtract reset computes
 last bit now and then.) Output :math:`\theta S`; initial membrane :math:`v_{init}\theta`.
 
 ``LIFNeuron`` (direct training): ``snn.Leaky(beta = 1 - 1/\tau)`` driven with
-:math:`X/\tau`, which is SpikingJelly's ``LIFNode(decay_input=True)`` update; hard reset
-to 0 is snnTorch's ``"zero"``, soft is ``"subtract"`` (both applied the next step, as
-SpikingJelly applies them after firing). Spikes fire on :math:`U \ge \theta` with the
-spec's surrogate.
+:math:`X/\tau`, which is SpikingJelly's ``LIFNode(decay_input=True)`` charge; spikes fire
+on :math:`U \ge \theta` with the spec's surrogate, and the hard or soft reset follows
+the spike in the same step, as in SpikingJelly.
 """
 
 from __future__ import annotations
@@ -60,26 +59,32 @@ class IFNeuron(nn.Module):
 
 
 class LIFNeuron(nn.Module):
-    """Trainable LIF on ``snn.Leaky`` that matches SpikingJelly's ``LIFNode``; emits ``S``.
+    """Trainable LIF on ``snn.Leaky`` that computes SpikingJelly's ``LIFNode`` update; emits ``S``.
 
-    State: ``mem`` ``[N, ...]`` held by the inner ``Leaky`` (pre-reset, snnTorch's convention).
+    ``snn.Leaky(beta = 1 - 1/tau, reset_mechanism="none")`` charges with ``X / tau`` and fires
+    on ``U >= θ`` with the spec's surrogate; the reset is applied right after the spike, as
+    SpikingJelly does: hard ``V = U (1 - S)``, soft ``V = U - θ S`` (snnTorch's own delayed
+    subtract would remove ``θ`` instead of ``β θ`` from the next step).
+
+    State: ``mem`` ``[N, ...]`` (post-reset membrane), None before the first step.
     """
 
     def __init__(self, spec: LIF) -> None:
         super().__init__()
         if spec.reset == "hard" and spec.v_reset != 0.0:
-            raise ValueError("snnTorch resets to zero only: use LIF(v_reset=0.0) or reset='soft'")
+            raise ValueError("the snnTorch backend resets to 0 only: use LIF(v_reset=0.0) or reset='soft'")
         self.spec = spec
         self.lif = snn().Leaky(beta=spec.beta, threshold=float(spec.threshold),
                                spike_grad=spike_function(spec.surrogate, spec.alpha),
-                               reset_mechanism="zero" if spec.reset == "hard" else "subtract",
-                               init_hidden=False)
+                               reset_mechanism="none", init_hidden=False)
         self.inv_tau = 1.0 / spec.tau
         self.mem: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         mem = self.mem if self.mem is not None else torch.zeros_like(x)
-        spk, self.mem = self.lif(x * self.inv_tau, mem)
+        spk, h = self.lif(x * self.inv_tau, mem)
+        s = spk.detach() if self.spec.detach_reset else spk
+        self.mem = h * (1 - s) if self.spec.reset == "hard" else h - s * self.spec.threshold
         return spk
 
     def reset(self) -> None:

@@ -122,11 +122,18 @@ class SpikingJellyBackend(Backend):
             module.v_seq = v_seq[:, keep.to(v_seq.device)]
 
     def membrane_of(self, module: nn.Module) -> Tensor | None:
+        """``v`` after the last step; in multi-step mode ``v_seq`` ``[T, N, ...]`` when stored."""
+        v_seq = getattr(module, "v_seq", None)
+        if getattr(module, "step_mode", "s") == "m" and isinstance(v_seq, Tensor):
+            return v_seq
         v = getattr(module, "v", None)
         return v if isinstance(v, Tensor) else None
 
     def is_multistep(self, net: nn.Module) -> bool:
         return any(getattr(m, "step_mode", "s") == "m" for m in net.modules())
+
+    def takes_sequences(self, module: nn.Module) -> bool:
+        return getattr(module, "step_mode", "s") == "m"
 
     def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
         return sj().layer.SeqToANNContainer(layer) if step_mode == "m" else layer
@@ -149,6 +156,15 @@ class SpikingJellyBackend(Backend):
 
     def run(self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto",
             multistep: bool | None = None) -> Tensor:
+        if readout == "membrane" and (multistep if multistep is not None else self.is_multistep(net)):
+            layers = self.spiking_layers(net)
+            last = layers[-1][1] if layers else None
+            if last is not None and not getattr(last, "store_v_seq", False):
+                last.store_v_seq = True  # a multi-step neuron keeps only its last v otherwise
+                try:
+                    return self.run(net, x_seq, readout, multistep)
+                finally:
+                    last.store_v_seq = False
         neurons = [mod for mod in net.modules() if getattr(mod, "backend", None) == "cupy"]
         if not neurons or not x_seq.is_cuda:
             return super().run(net, x_seq, readout, multistep)

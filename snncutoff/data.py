@@ -1,0 +1,187 @@
+"""Data sets: the embedded default (scikit-learn digits) and real benchmarks from disk.
+
+- ``digits`` (default, no network): scikit-learn's 1 797 handwritten digits, 8x8, ten
+  classes; a fixed stratified split (seed 0, 1 347 train / 450 test), pixels scaled to
+  [0, 1] then standardised with the training mean and std; tensors ``[N, 1, 8, 8]``.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision, read from
+  ``data_dir``; never downloaded unless ``download=True``.
+- ``cifar10-dvs``, ``dvs128-gesture``, ``n-mnist``: SpikingJelly's data set classes as
+  frames ``[N, T, 2, H, W]`` (use ``encoder="frames"``), imported only when asked.
+
+A missing data set raises :class:`DatasetNotFoundError` naming the expected files and how
+to get them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-dvs", "dvs128-gesture", "n-mnist")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on disk; the message says where it was looked for and how to get it."""
+
+
+@dataclass
+class DataSplit:
+    """Train and test sets of one data set, with what a model needs to know about them."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    input_size: int
+    event: bool = False  # frames [T, 2, H, W] per sample (use encoder="frames")
+
+    def loaders(self, batch_size: int = 128, shuffle_train: bool = True, seed: int = 0,
+                num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
+        """``(train_loader, test_loader)``; the training order is seeded."""
+        g = torch.Generator().manual_seed(seed)
+        return (
+            DataLoader(self.train, batch_size=batch_size, shuffle=shuffle_train, generator=g,
+                       num_workers=num_workers, drop_last=False),
+            DataLoader(self.test, batch_size=batch_size, shuffle=False, num_workers=num_workers),
+        )
+
+
+def digits(test_size: int = 450, seed: int = 0) -> DataSplit:
+    """scikit-learn's handwritten digits as ``[N, 1, 8, 8]`` float tensors (no download)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=test_size, random_state=seed, stratify=d.target
+    )
+    x_train, x_test = x[idx_train], x[idx_test]
+    mean, std = x_train.mean(), x_train.std()
+    norm = lambda t: (t - mean) / std  # noqa: E731
+    return DataSplit("digits", TensorDataset(norm(x_train), y[idx_train]), TensorDataset(norm(x_test), y[idx_test]),
+                     num_classes=10, in_channels=1, input_size=8)
+
+
+_TV = {
+    "mnist": ("MNIST", 10, 1, 28, "MNIST/raw/train-images-idx3-ubyte"),
+    "fashion-mnist": ("FashionMNIST", 10, 1, 28, "FashionMNIST/raw/train-images-idx3-ubyte"),
+    "cifar10": ("CIFAR10", 10, 3, 32, "cifar-10-batches-py/data_batch_1"),
+    "cifar100": ("CIFAR100", 100, 3, 32, "cifar-100-python/train"),
+}
+_NORM = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_DVS = {
+    # name: (submodule, class, classes, H, files expected under data_dir, how to get them)
+    "cifar10-dvs": ("cifar10_dvs", "CIFAR10DVS", 10, 128, "download/*.zip (airplane.zip ... truck.zip)",
+                    "SpikingJelly downloads it from figshare when download=True; or place the 10 zips in download/"),
+    "dvs128-gesture": ("dvs128_gesture", "DVS128Gesture", 11, 128, "download/DvsGesture.tar.gz and gesture_mapping.csv",
+                       "download DvsGesture.tar.gz from IBM's research box (see SpikingJelly's DVS128Gesture docs)"),
+    "n-mnist": ("n_mnist", "NMNIST", 10, 34, "download/Train.zip and Test.zip",
+                "download Train.zip and Test.zip from the N-MNIST page (Orchard et al., 2015)"),
+}
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, T: int = 16, download: bool = False,
+         augment: bool = True) -> DataSplit:
+    """Load a data set by name (see module docstring for the list and on-disk layout).
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: root folder of the real data sets (each in a sub-folder named like
+            torchvision / SpikingJelly expect); unused for digits.
+        T: frames per sample for event data sets.
+        download: allow torchvision / SpikingJelly to download (never in tests).
+        augment: CIFAR training augmentation (random crop with padding 4, horizontal flip).
+    """
+    if name == "digits":
+        return digits()
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is None:
+        raise DatasetNotFoundError(f"data set {name!r} is read from disk: pass data_dir (--data-dir)")
+    root = Path(data_dir)
+    if name in _TV:
+        return _torchvision(name, root, download, augment)
+    return _event(name, root, T, download)
+
+
+def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataSplit:
+    cls_name, classes, channels, size, probe = _TV[name]
+    if not download and not (root / probe).exists():
+        raise DatasetNotFoundError(
+            f"{name} not found: expected {root / probe}. Download it once with "
+            f"`python -c \"import torchvision; torchvision.datasets.{cls_name}('{root}', download=True)\"` "
+            "or pass download=True (--download)"
+        )
+    try:
+        import torchvision
+        from torchvision import transforms as tf
+    except Exception as exc:  # noqa: BLE001 - torchvision import errors vary (missing, ABI mismatch)
+        raise ImportError(
+            f"{name} needs torchvision ({exc}); install a torchvision matching your torch, "
+            "e.g. pip install torch==2.14.1 torchvision==0.29.1"
+        ) from exc
+    mean, std = _NORM[name]
+    test_tf = tf.Compose([tf.ToTensor(), tf.Normalize(mean, std)])
+    train_tf = test_tf
+    if augment and name.startswith("cifar"):
+        train_tf = tf.Compose([tf.RandomCrop(size, padding=4), tf.RandomHorizontalFlip(), tf.ToTensor(),
+                               tf.Normalize(mean, std)])
+    cls = getattr(torchvision.datasets, cls_name)
+    return DataSplit(name, cls(str(root), train=True, transform=train_tf, download=download),
+                     cls(str(root), train=False, transform=test_tf, download=download),
+                     classes, channels, size)
+
+
+class _Frames(Dataset):
+    """SpikingJelly frame samples as float tensors ``[T, 2, H, W]``."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, y = self.base[i]
+        return torch.as_tensor(x, dtype=torch.float32), int(y)
+
+
+def _event(name: str, root: Path, T: int, download: bool) -> DataSplit:
+    import importlib
+
+    sub, cls_name, classes, size, files, how = _DVS[name]
+    if not download and not (root / "download").exists() and not (root / "events_np").exists():
+        raise DatasetNotFoundError(f"{name} not found under {root}: expected {files}. {how}")
+    try:
+        module = importlib.import_module(f"spikingjelly.datasets.{sub}")
+    except Exception as exc:  # noqa: BLE001
+        raise ImportError(
+            f"{name} is read with SpikingJelly's data set classes, which need spikingjelly with torchvision "
+            f"(and torchaudio for 2.x): {exc}"
+        ) from exc
+    cls = getattr(module, cls_name)
+    kw = dict(data_type="frame", frames_number=T, split_by="number")
+    if name == "cifar10-dvs":
+        full = cls(str(root), **kw)
+        n = len(full)
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(n, generator=g).tolist()
+        cut = int(0.9 * n)
+        train = torch.utils.data.Subset(full, perm[:cut])
+        test = torch.utils.data.Subset(full, perm[cut:])
+    else:
+        train, test = cls(str(root), train=True, **kw), cls(str(root), train=False, **kw)
+    return DataSplit(name, _Frames(train), _Frames(test), classes, 2, size, event=True)

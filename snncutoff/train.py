@@ -1,0 +1,296 @@
+"""A plain PyTorch training loop for ANNs (then converted) and for SNNs (direct training).
+
+``Trainer(model, config).fit(train_loader, test_loader)`` trains with SGD or Adam and a
+cosine learning-rate schedule, evaluates after every epoch, shows a tqdm bar with loss
+and accuracy, and (with ``checkpoint_dir``) writes ``last.pt`` atomically every epoch
+(model, optimizer, scheduler, epoch, config, best accuracy) and ``best.pt`` when the
+test accuracy improves; ``resume=True`` continues from ``last.pt``.
+
+SNN mode (``backend`` given): each batch is encoded to ``[T, N, ...]``, the network is
+reset and run over T steps by the backend (``[T, N, C]`` outputs), and the loss is
+:class:`~snncutoff.losses.MeanOutputLoss` or :class:`~snncutoff.losses.TETLoss`, plus the
+RCS regulariser when ``rcs_alpha > 0``.
+
+Distributed: launched with ``torchrun --nproc_per_node K``, the loop initialises
+``torch.distributed`` (``gloo`` on CPU, ``nccl`` on CUDA), wraps the model in
+``DistributedDataParallel``, shards the training data with a ``DistributedSampler``,
+all-reduces the metrics, and only rank 0 writes files and shows progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .collect import encode
+from .io import atomic_torch_save
+from .losses import MeanOutputLoss, TETLoss
+from .validation import check_choice
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run (stored in checkpoints; ``to_json`` keys the cache).
+
+    Args:
+        epochs: passes over the training data.
+        lr: initial learning rate (cosine-annealed to 0 over ``epochs``).
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9, Nesterov).
+        weight_decay: L2 penalty.
+        batch_size: used by :meth:`Trainer.fit` when it builds distributed loaders.
+        seed: seeds Python, NumPy and torch.
+        T: timesteps (SNN mode).
+        encoder: ``"direct"`` or ``"frames"`` (SNN mode, see :func:`snncutoff.encode`).
+        loss: ``"ce"`` (ANN), ``"mean"`` or ``"tet"`` (SNN).
+        tet_lambda: MSE weight of the TET loss.
+        rcs_alpha: weight of the RCS regulariser (0: off).
+        rcs_fraction: RCS's share of late steps taken as the reference.
+        label_smoothing: for the ANN cross-entropy.
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    seed: int = 0
+    T: int = 8
+    encoder: str = "direct"
+    loss: str = "ce"
+    tet_lambda: float = 0.05
+    rcs_alpha: float = 0.0
+    rcs_fraction: float = 0.5
+    label_smoothing: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
+        check_choice("loss", self.loss, ("ce", "mean", "tet"))
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def distributed_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment; ``(0, 1)`` when not launched by it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class _SequenceModule(nn.Module):
+    """Runs the whole T-step loop in one ``forward`` (so DDP sees one forward per backward)."""
+
+    def __init__(self, net: nn.Module, backend: Any) -> None:
+        super().__init__()
+        self.net, self.backend = net, backend
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        self.backend.reset(self.net)
+        return self.backend.run(self.net, x_seq)
+
+
+class Trainer:
+    """Train an ANN (``backend=None``) or an SNN built from a backend's neurons.
+
+    Attributes (after ``fit``):
+        history_: one dict per epoch (loss, train and test accuracy, learning rate).
+        best_accuracy_: best test accuracy seen (0 to 1).
+        epoch_: epochs completed.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig | None = None, backend: Any = None,
+                 device: torch.device | str | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                 resume: bool = False, progress: bool = True, rcs: nn.Module | None = None) -> None:
+        self.model = model
+        self.config = config or TrainConfig()
+        self.backend = backend
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.resume = resume
+        self.progress = progress
+        self.rcs = rcs
+        if backend is None and self.config.loss != "ce":
+            raise ValueError(f"loss={self.config.loss!r} is for SNNs: pass backend= (or use loss='ce')")
+        if backend is not None and self.config.loss == "ce":
+            raise ValueError("an SNN is trained with loss='mean' or loss='tet'")
+
+    # ------------------------------------------------------------------ parts
+    def _criterion(self):
+        c = self.config
+        if c.loss == "ce":
+            return nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        return MeanOutputLoss() if c.loss == "mean" else TETLoss(c.tet_lambda)
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+
+    def _forward(self, module: nn.Module, x: Tensor) -> Tensor:
+        if self.backend is None:
+            return module(x)
+        return module(encode(x, self.config.T, self.config.encoder))
+
+    @staticmethod
+    def _prediction(out: Tensor) -> Tensor:
+        return (out.mean(0) if out.dim() == 3 else out).argmax(-1)
+
+    # ---------------------------------------------------------------- public
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> float:
+        """Accuracy (0 to 1) of the model on ``loader`` (SNN: argmax of the mean output)."""
+        module = self.model if self.backend is None else _SequenceModule(self.model, self.backend)
+        was = self.model.training
+        self.model.eval()
+        correct = total = 0
+        try:
+            for x, y in loader:
+                x, y = x.to(self.device), y.to(self.device)
+                correct += int((self._prediction(self._forward(module, x)) == y).sum())
+                total += y.numel()
+        finally:
+            if self.backend is not None:
+                self.backend.reset(self.model)
+            self.model.train(was)
+        if total == 0:
+            raise ValueError("evaluate: the loader yielded no sample")
+        return correct / total
+
+    def fit(self, train_loader: DataLoader, test_loader: DataLoader | None = None) -> Trainer:
+        """Train for ``config.epochs`` epochs (continuing from ``last.pt`` with ``resume``)."""
+        c = self.config
+        rank, world = distributed_env()
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        seed_everything(c.seed)
+        model = self.model.to(self.device)
+        module: nn.Module = model if self.backend is None else _SequenceModule(model, self.backend)
+        if world > 1:
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            sampler = DistributedSampler(train_loader.dataset, num_replicas=world, rank=rank, seed=c.seed)
+            train_loader = DataLoader(train_loader.dataset, batch_size=train_loader.batch_size, sampler=sampler)
+        params = list(model.parameters()) + (list(self.rcs.parameters()) if self.rcs is not None else [])
+        opt = self._optimizer([p for p in params if p.requires_grad])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
+        criterion = self._criterion()
+        self.history_: list[dict] = []
+        self.best_accuracy_ = 0.0
+        start = 0
+        if self.resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
+            start = self._load(self.checkpoint_dir / "last.pt", opt, sched)
+        show = self.progress and rank == 0
+        for epoch in range(start, c.epochs):
+            if world > 1:
+                train_loader.sampler.set_epoch(epoch)
+            model.train()
+            sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not show, leave=False)
+            for x, y in bar:
+                x, y = x.to(self.device), y.to(self.device)
+                out = self._forward(module, x)
+                loss = criterion(out, y)
+                if self.rcs is not None and c.rcs_alpha > 0:
+                    loss = loss + c.rcs_alpha * self.rcs.penalty(out.detach(), y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {float(loss)} at epoch {epoch + 1}; lower the learning rate (now {c.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n = y.numel()
+                sums += torch.tensor([float(loss.detach()) * n, float((self._prediction(out.detach()) == y).sum()), n],
+                                     dtype=torch.float64, device=self.device)
+                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", acc=f"{float(sums[1] / sums[2]):.3f}")
+            if world > 1:
+                dist.all_reduce(sums)
+            sched.step()
+            record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
+                      "lr": sched.get_last_lr()[0]}
+            if test_loader is not None:
+                acc = self.evaluate(test_loader)
+                if world > 1:
+                    t = torch.tensor([acc], dtype=torch.float64, device=self.device)
+                    dist.all_reduce(t)
+                    acc = float(t) / world
+                record["test_accuracy"] = acc
+                improved = acc > self.best_accuracy_
+                self.best_accuracy_ = max(self.best_accuracy_, acc)
+            else:
+                improved = False
+            self.history_.append(record)
+            if show:
+                tqdm.write(json.dumps(record))
+            if rank == 0 and self.checkpoint_dir is not None:
+                self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1)
+                if improved:
+                    self._save(self.checkpoint_dir / "best.pt", opt, sched, epoch + 1)
+        self.epoch_ = c.epochs
+        return self
+
+    # ----------------------------------------------------------- checkpoints
+    def _save(self, path: Path, opt, sched, epoch: int) -> None:
+        atomic_torch_save({
+            "model": self.model.state_dict(),
+            "rcs": self.rcs.state_dict() if self.rcs is not None else None,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "config": asdict(self.config),
+            "best_accuracy": self.best_accuracy_,
+            "history": self.history_,
+        }, path)
+
+    def _load(self, path: Path, opt, sched) -> int:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        if ckpt.get("config") != asdict(self.config):
+            raise ValueError(f"checkpoint {path} was written with a different config; start afresh or match it")
+        self.model.load_state_dict(ckpt["model"])
+        if self.rcs is not None and ckpt.get("rcs") is not None:
+            self.rcs.load_state_dict(ckpt["rcs"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        self.best_accuracy_ = ckpt["best_accuracy"]
+        self.history_ = list(ckpt["history"])
+        return int(ckpt["epoch"])
+
+
+def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights of a checkpoint written by :class:`Trainer` into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "model" not in ckpt:
+        raise ValueError(f"{path} is not a snncutoff checkpoint (no 'model' entry)")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not match the model: {exc}") from exc
+    return model
+
+
+__all__ = ["TrainConfig", "Trainer", "distributed_env", "load_model", "seed_everything"]

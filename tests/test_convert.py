@@ -1,0 +1,174 @@
+"""Framework-free conversion checks: errors name the layer; thresholds; BN fusion."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snncutoff import IF, ConversionError, constraints
+from snncutoff.convert import calibrate_thresholds, convert_ann, find_functional_activations
+
+from .helpers import random_batches, small_ann
+
+
+class Probe(nn.Module):
+    """Stand-in neuron: remembers its threshold."""
+
+    def __init__(self, theta, v_init):
+        super().__init__()
+        self.theta, self.v_init = theta, v_init
+
+    def forward(self, x):
+        return torch.clamp(x, 0, self.theta)
+
+
+class FunctionalBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return F.relu(self.fc(x))
+
+
+class Untraceable(nn.Module):
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.fc, self.act, self.functional = nn.Linear(4, 4), nn.ReLU(), functional
+
+    def forward(self, x):
+        if x.sum() > 1e9:  # data-dependent control flow: fx cannot trace this
+            return x
+        h = self.fc(x)
+        return torch.relu(h) if self.functional else self.act(h)
+
+
+def test_functional_relu_is_an_error_naming_the_module():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), FunctionalBlock(), nn.Linear(4, 2))
+    with pytest.raises(ConversionError, match=r"'2' uses relu"):
+        convert_ann(net, Probe, IF(threshold=1.0))
+    assert find_functional_activations(net) == [("2", "relu")]
+
+
+def test_tensor_method_relu_is_found():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x).relu()
+
+    assert find_functional_activations(nn.Sequential(M())) == [("0", "Tensor.relu")]
+
+
+def test_reused_relu_module_is_an_error():
+    class Reuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.b(self.act(self.a(x))))
+
+    with pytest.raises(ConversionError, match="act.*called 2 times"):
+        convert_ann(Reuse(), Probe, IF(threshold=1.0))
+
+
+def test_untraceable_net_is_checked_by_running_it():
+    data = [(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))]
+    with pytest.raises(ConversionError, match="relu"):
+        convert_ann(Untraceable(functional=True), Probe, IF(threshold=1.0), data)
+    snn, acts = convert_ann(Untraceable(functional=False), Probe, IF(threshold=1.0), data)
+    assert [a.path for a in acts] == ["act"]
+    with pytest.raises(ConversionError, match="example_input"):
+        convert_ann(Untraceable(functional=False), Probe, IF(threshold=1.0))
+
+
+def test_maxpool_needs_avg():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 2))
+    with pytest.raises(ConversionError, match=r"'2' \(MaxPool2d\).*maxpool='avg'"):
+        convert_ann(net, Probe, IF(threshold=1.0))
+    snn, _ = convert_ann(net, Probe, IF(threshold=1.0), maxpool="avg")
+    assert isinstance(snn[2], nn.AvgPool2d) and snn[2].kernel_size == 2
+
+
+@pytest.mark.parametrize("layer", [nn.Sigmoid(), nn.LSTM(4, 4), nn.GELU(), nn.LayerNorm(4)])
+def test_unsupported_layer_is_named(layer):
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), layer, nn.Linear(4, 2))
+    with pytest.raises(ConversionError, match=rf"'2' \({type(layer).__name__}\)"):
+        convert_ann(net, Probe, IF(threshold=1.0))
+
+
+def test_relu_without_calibration_asks_for_it():
+    with pytest.raises(ConversionError, match="calibration="):
+        convert_ann(small_ann(), Probe)
+
+
+def test_thresholds_from_calibration_and_constraints():
+    net = small_ann()
+    data = random_batches()
+    expected = calibrate_thresholds(net, data)
+    snn, acts = convert_ann(net, Probe, calibration=data)
+    assert {a.path: a.threshold for a in acts} == expected
+    assert all(a.v_init == 0.5 for a in acts)
+    # the max rule is the largest activation over all batches
+    with torch.no_grad():
+        h = torch.cat([net[:3](x) for x, _ in data])
+    assert expected["2"] == pytest.approx(float(h.max()))
+    q = constraints.apply(small_ann(), "qcfs", levels=4, threshold=2.5)
+    _, acts = convert_ann(q, Probe)
+    assert [a.threshold for a in acts] == [2.5, 2.5] and [a.kind for a in acts] == ["QCFS", "QCFS"]
+    _, acts = convert_ann(q, Probe, IF(threshold=1.0, v_init=0.0))
+    assert [(a.threshold, a.v_init) for a in acts] == [(1.0, 0.0), (1.0, 0.0)]
+
+
+def test_percentile_rule():
+    net = small_ann()
+    data = random_batches()
+    t_max = calibrate_thresholds(net, data, "max")
+    t_p = calibrate_thresholds(net, data, "99%")
+    assert all(t_p[k] < t_max[k] for k in t_max)
+    with pytest.raises(ValueError, match="percentile"):
+        calibrate_thresholds(net, data, "median")
+
+
+def test_dead_relu_is_reported():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.fill_(-1.0)
+    with pytest.raises(ConversionError, match="never fired"):
+        convert_ann(net, Probe, calibration=[(torch.randn(4, 4), torch.zeros(4))])
+
+
+def test_fuse_bn_preserves_the_function():
+    net = small_ann()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    data = random_batches()
+    fused, _ = convert_ann(net, Probe, IF(threshold=100.0), fuse_bn=True)
+    kept, _ = convert_ann(net, Probe, IF(threshold=100.0))
+    assert isinstance(fused[1], nn.Identity) and isinstance(kept[1], nn.BatchNorm2d)
+    x = data[0][0]
+    assert torch.allclose(fused(x), kept(x), atol=1e-5)
+
+
+def test_original_ann_is_untouched_and_dropout_removed():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    snn, _ = convert_ann(net, Probe, IF(threshold=1.0))
+    assert isinstance(net[1], nn.ReLU) and isinstance(net[2], nn.Dropout) and net.training
+    assert isinstance(snn[1], Probe) and isinstance(snn[2], nn.Identity) and not snn.training
+
+
+def test_constraints_apply():
+    net = small_ann()
+    constraints.apply(net, "clip", threshold=3.0)
+    assert isinstance(net[2], constraints.Clip) and isinstance(net[6], constraints.Clip)
+    with pytest.raises(ValueError, match="no nn.ReLU"):
+        constraints.apply(nn.Sequential(nn.Linear(2, 2)), "qcfs")
+    with pytest.raises(ValueError, match="functional"):
+        constraints.apply(nn.Sequential(FunctionalBlock()), "qcfs")
+    with pytest.raises(ValueError, match="kind"):
+        constraints.apply(small_ann(), "relu6")

@@ -1,0 +1,114 @@
+"""The backend registry: entry points, availability, a third-party backend."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import snncutoff as sc
+from snncutoff import backends
+
+
+def test_builtin_backends_are_registered():
+    assert {"spikingjelly", "snntorch"} <= set(backends.names())
+    for name in ("spikingjelly", "snntorch"):
+        ok, why = backends.available(name)
+        assert ok or "install" in why
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(KeyError, match="registered: .*snntorch"):
+        backends.get("norse")
+    assert backends.available("norse")[0] is False
+
+
+def test_third_party_backend_through_an_entry_point(tmp_path, monkeypatch):
+    """A package that only declares an entry point is found without touching the core."""
+    pkg = tmp_path / "toy_backend.py"
+    pkg.write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+        from snncutoff.backends import Backend
+
+        class Counter(nn.Module):
+            """A toy neuron: accumulates its input and fires when it reaches 1."""
+            def __init__(self, threshold, v_init):
+                super().__init__()
+                self.threshold, self.v_init, self.v = threshold, v_init, None
+            def forward(self, x):
+                v = (self.v if self.v is not None else torch.full_like(x, self.v_init * self.threshold)) + x
+                s = (v >= self.threshold).float()
+                self.v = v - s * self.threshold
+                return s * self.threshold
+
+        class ToyBackend(Backend):
+            name = "toy"
+            def available(self): return True, ""
+            def if_neuron(self, threshold, v_init): return Counter(threshold, v_init)
+            def is_spiking(self, m): return isinstance(m, Counter)
+            def is_stateful(self, m): return isinstance(m, Counter)
+            def reset_module(self, m): m.v = None
+            def select_module(self, m, keep):
+                if m.v is not None: m.v = m.v[keep]
+    '''))
+    dist = tmp_path / "toy_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[snncutoff.backends]\ntoy = toy_backend:ToyBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert "toy" in backends.names()
+        toy = backends.get("toy")
+        ann = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        data = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+        snn = toy.convert(ann, calibration=data)
+        trace = sc.collect_trace(toy, snn, data, T=16, count_ops=True, progress=False)
+        assert trace.meta["backend"] == "toy" and trace.ops.shape == (16, 16)
+        # it computes what the built-in backends compute
+        for name in ("snntorch", "spikingjelly"):
+            if backends.available(name)[0]:
+                b = backends.get(name)
+                ref = sc.collect_trace(b, b.convert(ann, calibration=data), data, T=16, progress=False)
+                assert torch.equal(ref.outputs, trace.outputs)
+    finally:
+        backends._instances.pop("toy", None)
+        sys.modules.pop("toy_backend", None)
+
+
+def test_register_in_process():
+    class Broken(backends.Backend):
+        name = "broken"
+
+        def available(self):
+            return False, "framework missing: pip install broken"
+
+    backends.register("broken", Broken)
+    try:
+        with pytest.raises(ImportError, match="pip install broken"):
+            backends.get("broken")
+        assert backends.available("broken") == (False, "backend 'broken' is not usable: framework missing: pip install broken")
+    finally:
+        backends._registered.pop("broken")
+
+
+def test_core_imports_no_framework():
+    import subprocess
+
+    code = ("import sys, snncutoff, snncutoff.backends; "
+            "snncutoff.backends.names(); "
+            "print(any(m.split('.')[0] in ('spikingjelly', 'snntorch') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_adapters_do_not_import_heavy_modules():
+    import subprocess
+
+    code = ("import sys, snncutoff; b = snncutoff.backends.get('spikingjelly'); "
+            "print(sorted({m for m in sys.modules if m.startswith('spikingjelly.') and "
+            "any(h in m for h in ('datasets', 'monitor', '.model'))}))")
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

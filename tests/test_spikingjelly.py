@@ -1,0 +1,98 @@
+"""SpikingJelly-specific: multi-step conversion, GPU kernel selection, version handling."""
+
+import logging
+
+import pytest
+import torch
+
+import snncutoff as sc
+
+from .helpers import random_batches, small_ann
+
+pytest.importorskip("spikingjelly.activation_based.neuron")
+from snncutoff_spikingjelly import SpikingJellyBackend  # noqa: E402
+from snncutoff_spikingjelly._compat import sj  # noqa: E402
+
+
+def test_multistep_conversion_equals_single_step():
+    b = sc.backends.get("spikingjelly")
+    data = random_batches()
+    s = b.convert(small_ann(), calibration=data)
+    m = b.convert(small_ann(), calibration=data, step_mode="m")
+    assert b.is_multistep(m) and not b.is_multistep(s)
+    a = sc.collect_trace(b, s, data, T=12, count_ops=True, progress=False)
+    c = sc.collect_trace(b, m, data, T=12, count_ops=True, progress=False)
+    assert torch.equal(a.outputs, c.outputs) and torch.equal(a.ops, c.ops)
+
+
+def test_residual_block_converts_in_both_step_modes():
+    from snncutoff.models import BasicBlock
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), BasicBlock(4, 8, 2),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    b = sc.backends.get("spikingjelly")
+    data = random_batches()
+    s = b.convert(net, calibration=data)
+    m = b.convert(net, calibration=data, step_mode="m")
+    assert len(b.spiking_layers(s)) == 3
+    a = sc.collect_trace(b, s, data, T=6, progress=False)
+    c = sc.collect_trace(b, m, data, T=6, progress=False)
+    assert torch.equal(a.outputs, c.outputs)
+
+
+def test_step_mode_is_checked():
+    with pytest.raises(ValueError, match="step_mode"):
+        sc.backends.get("spikingjelly").convert(small_ann(), calibration=random_batches(), step_mode="x")
+    with pytest.raises(ValueError, match="step_mode='s' only"):
+        sc.backends.get("snntorch").convert(small_ann(), calibration=random_batches(), step_mode="m")
+
+
+def test_gpu_kernel_choices():
+    with pytest.raises(ValueError, match="gpu_kernel"):
+        SpikingJellyBackend(gpu_kernel="cuda-graphs")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="gpu_kernel='cupy' cannot be used: no CUDA"):
+            SpikingJellyBackend(gpu_kernel="cupy").kernel()
+    assert SpikingJellyBackend("torch").kernel() == "torch"
+    auto = SpikingJellyBackend("auto").kernel()
+    assert auto in (("cupy", "torch") if sj().legacy else ("auto",))
+
+
+def test_triton_on_legacy_falls_back_with_a_warning(caplog):
+    if not sj().legacy:
+        assert SpikingJellyBackend("triton").kernel() == "triton"
+        return
+    with caplog.at_level(logging.WARNING, logger="snncutoff.spikingjelly"):
+        assert SpikingJellyBackend("triton").kernel() in ("cupy", "torch")
+    assert "no triton" in caplog.text
+
+
+@pytest.mark.cuda
+def test_cuda_run_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    b = SpikingJellyBackend("auto")
+    data = random_batches()
+    ann = small_ann()
+    cpu = sc.collect_trace(b, b.convert(ann, calibration=data, step_mode="m"), data, T=8, progress=False)
+    gpu_net = b.convert(ann, calibration=data, step_mode="m").cuda()
+    gpu = sc.collect_trace(b, gpu_net, data, T=8, device="cuda", progress=False)
+    assert float((cpu.outputs - gpu.outputs).abs().max()) < 1e-3
+    assert float((cpu.predictions() == gpu.predictions()).double().mean()) > 0.99
+
+
+@pytest.mark.cupy
+def test_cupy_kernel_matches_torch():
+    ok = torch.cuda.is_available() and sj().legacy
+    if not ok:
+        pytest.skip("needs SpikingJelly 0.0.0.0.14, cupy and a CUDA GPU")
+    pytest.importorskip("cupy")
+    data = random_batches()
+    ann = small_ann()
+    outs = []
+    for kernel in ("cupy", "torch"):
+        b = SpikingJellyBackend(kernel)
+        net = b.convert(ann, calibration=data, step_mode="m").cuda()
+        outs.append(sc.collect_trace(b, net, data, T=8, device="cuda", progress=False).outputs)
+    assert float((outs[0] - outs[1]).abs().max()) < 1e-4
