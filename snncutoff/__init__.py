@@ -15,6 +15,7 @@ Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.ba
 from . import backends, constraints
 from .collect import collect_trace, encode
 from .convert import ConversionError
+from .early_exit import ExitEvent, early_exit, early_exit_loader, stream_early_exit
 from .cutoff import Confidence, Conformal, CutoffPolicy, Timestep, TopKGap, sweep
 from .oct import optimal_cutoff
 from .spec import IF, LIF
@@ -32,6 +33,10 @@ __all__ = [
     "collect_trace",
     "constraints",
     "encode",
+    "ExitEvent",
+    "early_exit",
+    "early_exit_loader",
+    "stream_early_exit",
     "Confidence",
     "Conformal",
     "CutoffPolicy",

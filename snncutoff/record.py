@@ -111,6 +111,16 @@ class Recorder:
         """``[T, N]`` operations per step and sample, summed over synaptic layers."""
         return self._per_sample(self._op_calls)
 
+    def take_ops(self) -> Tensor | None:
+        """Operations per sample of the calls since the last ``take_ops`` (``[N]``), then forget them.
+
+        For streaming: one single-step call per step, so this is the step's cost.
+        """
+        parts = [torch.stack(v).sum(0) for v in self._op_calls.values() if v]
+        for v in self._op_calls.values():
+            v.clear()
+        return torch.stack(parts).sum(0) if parts else None
+
     def clear(self) -> None:
         """Forget everything recorded so far (hooks stay)."""
         for d in (self.spikes, self.membranes, self._spike_calls, self._op_calls):

@@ -32,8 +32,9 @@ class CutoffResult:
         labels: ``[N]`` int64.
         T: number of steps of the trace.
         ops_at_exit: ``[N]`` float64 cost up to and including the exit step, or None.
-        ops_full: ``[N]`` float64 cost of all T steps, or None.
+        ops_full: ``[N]`` float64 cost of all T steps, or None (unknown after a real early exit).
         policy: a readable name of the rule that produced it.
+        wall_time_s: seconds the network ran (streaming early exit), or None.
     """
 
     exit_step: Tensor
@@ -43,6 +44,7 @@ class CutoffResult:
     ops_at_exit: Tensor | None = None
     ops_full: Tensor | None = None
     policy: str = ""
+    wall_time_s: float | None = None
 
     @classmethod
     def from_exit_steps(cls, trace: Trace, exit_step: Tensor, policy: str = "") -> CutoffResult:
@@ -107,14 +109,19 @@ class CutoffResult:
             "mean_steps": self.mean_steps,
             "speedup": self.speedup,
         }
+        if self.ops_at_exit is not None:
+            d["mean_ops"] = self.mean_ops
         if self.ops_full is not None:
-            d.update(mean_ops=self.mean_ops, mean_ops_full=self.mean_ops_full, ops_saved=self.ops_saved)
+            d.update(mean_ops_full=self.mean_ops_full, ops_saved=self.ops_saved)
+        if self.wall_time_s is not None:
+            d["wall_time_s"] = self.wall_time_s
         if per_sample:
             d.update(exit_step=self.exit_step.tolist(), predictions=self.predictions.tolist())
         return d
 
     def __repr__(self) -> str:
         ops = f", ops_saved={self.ops_saved:.3f}" if self.ops_full is not None else ""
+        ops += f", wall={self.wall_time_s:.3f}s" if self.wall_time_s is not None else ""
         return (
             f"CutoffResult({self.policy or 'cutoff'}: accuracy={self.accuracy:.4f}, "
             f"mean_steps={self.mean_steps:.3f}, speedup={self.speedup:.3f}x{ops}, T={self.T}, N={self.N})"

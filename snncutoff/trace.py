@@ -83,14 +83,17 @@ class Trace:
     ) -> Trace:
         """Build a trace from per-step outputs ``y_t`` (``[T, N, C]`` or a list of ``[N, C]``).
 
-        The cumulative sum is taken along T with ``torch.cumsum``.
+        The cumulative sum is taken along T with ``torch.cumsum`` in float64 and stored in
+        the outputs' dtype (what CPU ``cumsum`` does for float32 anyway); streaming early
+        exit accumulates the same way, so both see bit-identical cumulative outputs.
         """
         if not isinstance(per_step_outputs, Tensor):
             if len(per_step_outputs) == 0:
                 raise ValueError("per_step_outputs is empty: T must be >= 1")
             per_step_outputs = torch.stack(list(per_step_outputs))
         check_outputs(per_step_outputs, "per_step_outputs")
-        return cls(torch.cumsum(per_step_outputs.detach(), dim=0), labels, ops, dict(meta or {}))
+        y = per_step_outputs.detach()
+        return cls(torch.cumsum(y.double(), dim=0).to(y.dtype), labels, ops, dict(meta or {}))
 
     @classmethod
     def cat(cls, traces: Sequence[Trace]) -> Trace:

@@ -56,6 +56,10 @@ class CutoffPolicy:
         """Store the ``[T]`` thresholds under the policy's public ``*_`` name."""
         raise NotImplementedError
 
+    def _rule_threshold(self) -> Tensor:
+        """The step-independent threshold of a rule that needs no fit (``exit_now`` unfitted)."""
+        return self._thresholds(None, [getattr(self, self.param)], 1)[0][0]
+
     # ---------------------------------------------------------------- shared
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters, as given to ``__init__``."""
@@ -135,7 +139,7 @@ class CutoffPolicy:
         else:
             if t < 0:
                 raise ValueError(f"t must be >= 0, got {t}")
-            thr = self._thresholds(None, [getattr(self, self.param)], t + 1)[0][t]
+            thr = self._rule_threshold()
         return self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thr)
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:

@@ -49,6 +49,9 @@ class Timestep(CutoffPolicy):
                 raise ValueError(f"step must be <= T = {T}, got {v}")
         return torch.tensor(values, dtype=torch.float32).view(-1, 1).expand(-1, T)
 
+    def _rule_threshold(self) -> Tensor:
+        return torch.tensor(float(self.step))
+
     def _fitted_thresholds(self) -> Tensor:
         return self._thresholds(None, [self.step], self.T_)[0]
 

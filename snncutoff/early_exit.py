@@ -1,0 +1,220 @@
+"""Real early exit: step the network, stop each sample at its cutoff, compute only for the rest.
+
+At every step t (0-based) the samples still running advance one step; the policy
+decides from their cumulative outputs (``policy.exit_now(t, O_t)`` — the same code as
+``policy.evaluate`` on a trace); exiting samples are recorded (exit step ``t + 1``,
+prediction ``argmax O_t``) and dropped from the batch and from every neuron's state
+(``backend.select``), so later steps cost only what is still running. Every sample
+exits at step T at the latest.
+
+Cumulative outputs are accumulated in float64 and read in the outputs' dtype, exactly
+as :meth:`Trace.from_steps` does, so exit steps and predictions equal
+``policy.evaluate(collect_trace(...))`` sample for sample.
+
+Three forms:
+
+- :func:`stream_early_exit` — a generator for streaming data: feed one input frame per
+  step (for the whole batch), receive an :class:`ExitEvent` whenever samples exit;
+- :func:`early_exit` — one batch, returns the per-sample results;
+- :func:`early_exit_loader` — a whole data loader, returns a :class:`CutoffResult` with
+  wall time and (``count_ops=True``) operations up to each sample's exit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .collect import Encoder, _split, encode
+from .cutoff.base import CutoffPolicy
+from .result import CutoffResult
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    """Samples that stopped at ``step`` (1-based): their batch indices and predictions.
+
+    ``ops`` (``[K]``, with ``count_ops``) is each one's operations up to this step.
+    """
+
+    step: int
+    indices: Tensor
+    predictions: Tensor
+    ops: Tensor | None = None
+
+
+def _resolve_T(policy: CutoffPolicy, T: int | None) -> int:
+    fitted = getattr(policy, "T_", None)
+    if T is None:
+        if fitted is None:
+            raise ValueError(f"{policy!r} is not fitted on a trace: pass T (the largest number of steps)")
+        return fitted
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    if fitted is not None and fitted != T:
+        raise ValueError(f"{policy!r} was fitted on T = {fitted} steps, but T = {T} was asked for")
+    return T
+
+
+@torch.no_grad()
+def stream_early_exit(
+    backend: Any,
+    net: nn.Module,
+    frames: Iterable[Tensor],
+    policy: CutoffPolicy,
+    T: int | None = None,
+    *,
+    readout: str | Callable = "auto",
+    count_ops: bool = False,
+) -> Iterator[ExitEvent]:
+    """Run ``net`` one step per incoming frame and yield the samples that exit at each step.
+
+    Args:
+        backend: the network's backend (or its name).
+        net: converted or user-written network (stepped one step at a time; a
+            SpikingJelly multi-step network is fed ``[1, N, ...]`` per step).
+        frames: the input of each step for the whole batch, ``[N, ...]``, in time order
+            (the caller does not track who has exited: rows of exited samples are dropped
+            here). At most T frames are read.
+        policy: a cutoff policy (fitted, or a rule such as ``Confidence``).
+        T: the last step (forced exit); defaults to the fitted policy's ``T_``.
+        readout: as in :func:`snncutoff.collect_trace`.
+        count_ops: attach per-sample operations to each event.
+
+    Yields:
+        :class:`ExitEvent` for each step where at least one sample stops. Stops after
+        every sample has exited (it does not read further frames).
+    """
+    from . import backends as _backends
+
+    if isinstance(backend, str):
+        backend = _backends.get(backend)
+    T = _resolve_T(policy, T)
+    multistep = backend.is_multistep(net)
+    was_training = net.training
+    net.eval()
+    backend.reset(net)
+    running: Tensor | None = None  # original indices of the samples still running
+    cum: Tensor | None = None  # float64 cumulative outputs of the running samples
+    spent: Tensor | None = None  # operations spent so far by the running samples
+    recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
+    rec = recorder.__enter__() if recorder is not None else None
+    try:
+        t = -1
+        for t, frame in enumerate(frames):
+            if t >= T:
+                break
+            if running is None:
+                running = torch.arange(frame.shape[0], device=frame.device)
+            x = frame if running.numel() == frame.shape[0] else frame[running.to(frame.device)]
+            y = backend.run(net, x.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x, readout)
+            cum = y.double() if cum is None else cum + y.double()
+            out_t = cum.to(y.dtype)
+            if rec is not None:
+                step_ops = rec.take_ops()
+                spent = step_ops if spent is None else spent + step_ops
+            done = torch.ones(out_t.shape[0], dtype=torch.bool, device=out_t.device) if t == T - 1 \
+                else policy.exit_now(t, out_t).to(out_t.device)
+            if bool(done.any()):
+                rows = done.nonzero().flatten()
+                yield ExitEvent(t + 1, running[rows.to(running.device)], out_t[rows].argmax(-1),
+                                spent[rows] if spent is not None else None)
+                keep = (~done).nonzero().flatten()
+                if keep.numel() == 0:
+                    return
+                backend.select(net, keep)
+                running, cum = running[keep.to(running.device)], cum[keep]
+                if spent is not None:
+                    spent = spent[keep]
+        if running is not None and t < T - 1:
+            raise ValueError(f"frames ended after {t + 1} steps with samples still running (T = {T})")
+    finally:
+        if recorder is not None:
+            recorder.__exit__(None, None, None)
+        backend.reset(net)
+        net.train(was_training)
+
+
+def early_exit(
+    backend: Any,
+    net: nn.Module,
+    inputs: Tensor,
+    policy: CutoffPolicy,
+    T: int | None = None,
+    *,
+    encoder: Encoder = "direct",
+    readout: str | Callable = "auto",
+    count_ops: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Early exit on one batch.
+
+    Args:
+        inputs: the batch as the encoder expects it (``[N, ...]`` static images for
+            ``"direct"``, ``[N, T, ...]`` frames for ``"frames"``, ``[T, N, ...]`` for ``"time_major"``).
+    Returns:
+        ``(exit_step [N] (1-based), predictions [N], ops [N] or None)``.
+    """
+    T = _resolve_T(policy, T)
+    if encoder == "direct":  # no need to materialise T copies of a static batch
+        frames: Iterable[Tensor] = (inputs for _ in range(T))
+        n = inputs.shape[0]
+    else:
+        frames = encode(inputs, T, encoder)
+        n = frames.shape[1]
+    exit_step = torch.full((n,), T, dtype=torch.long)
+    predictions = torch.empty(n, dtype=torch.long)
+    ops = torch.zeros(n, dtype=torch.float64) if count_ops else None
+    for ev in stream_early_exit(backend, net, frames, policy, T, readout=readout, count_ops=count_ops):
+        idx = ev.indices.cpu()
+        exit_step[idx] = ev.step
+        predictions[idx] = ev.predictions.cpu()
+        if ops is not None:
+            ops[idx] = ev.ops.cpu()
+    return exit_step, predictions, ops
+
+
+def early_exit_loader(
+    backend: Any,
+    net: nn.Module,
+    data: Iterable,
+    policy: CutoffPolicy,
+    T: int | None = None,
+    *,
+    encoder: Encoder = "direct",
+    readout: str | Callable = "auto",
+    count_ops: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> CutoffResult:
+    """Early exit over a whole data loader: a :class:`CutoffResult` with ``wall_time_s``.
+
+    ``wall_time_s`` covers the network steps, decisions and state selection (not data
+    loading); ``ops_at_exit`` holds each sample's operations with ``count_ops=True``.
+    """
+    T = _resolve_T(policy, T)
+    steps, preds, labels, ops = [], [], [], []
+    wall = 0.0
+    for batch in tqdm(data, desc="early exit", disable=not progress, leave=False, unit="batch"):
+        x, y = _split(batch)
+        if device is not None:
+            x = x.to(device)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        e, p, o = early_exit(backend, net, x, policy, T, encoder=encoder, readout=readout, count_ops=count_ops)
+        wall += time.perf_counter() - t0
+        steps.append(e)
+        preds.append(p)
+        labels.append(torch.as_tensor(y).cpu().long())
+        if o is not None:
+            ops.append(o)
+    if not steps:
+        raise ValueError("data yielded no batch")
+    return CutoffResult(torch.cat(steps), torch.cat(preds), torch.cat(labels), T,
+                        torch.cat(ops) if ops else None, None, f"early exit: {policy!r}", wall)

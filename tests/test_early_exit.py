@@ -1,0 +1,103 @@
+"""Streaming early exit equals post-hoc evaluation, sample by sample, and saves the work."""
+
+import pytest
+import torch
+
+import snncutoff as sc
+from snncutoff import Confidence, Conformal, Timestep, TopKGap
+
+from .helpers import BACKENDS, backend_or_skip, digits_loaders, random_batches, small_ann, trained_digits_cnn
+
+
+def _policies(cal):
+    return [TopKGap(0.0).fit(cal), TopKGap(0.05).fit(cal), TopKGap(0.02, search="grid").fit(cal),
+            Confidence(0.1), Conformal(0.1).fit(cal), Conformal(0.2, quantile="snncutoff").fit(cal), Timestep(3)]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_digits_early_exit_matches_evaluate(name, step_mode):
+    backend = backend_or_skip(name)
+    if step_mode == "m" and name != "spikingjelly":
+        pytest.skip("multi-step networks are a SpikingJelly feature")
+    ann = trained_digits_cnn("qcfs")
+    train, test = digits_loaders()
+    snn = backend.convert(ann, step_mode=step_mode)
+    T = 16
+    cal = sc.collect_trace(backend, snn, train, T=T, progress=False)
+    trace = sc.collect_trace(backend, snn, test, T=T, count_ops=True, progress=False)
+    for policy in _policies(cal):
+        post = policy.evaluate(trace)
+        real = sc.early_exit_loader(backend, snn, test, policy, T=T, count_ops=True, progress=False)
+        assert torch.equal(post.exit_step, real.exit_step), policy
+        assert torch.equal(post.predictions, real.predictions), policy
+        assert torch.equal(post.ops_at_exit, real.ops_at_exit), policy
+        assert real.wall_time_s > 0 and real.accuracy == post.accuracy
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("batch", [1, 256])
+def test_random_inputs_and_batch_sizes(name, batch):
+    backend = backend_or_skip(name)
+    data = random_batches(n=batch, batches=1, seed=7)
+    snn = backend.convert(small_ann(), calibration=random_batches(seed=8))
+    trace = sc.collect_trace(backend, snn, data, T=12, count_ops=True, progress=False)
+    for policy in _policies(trace):
+        post = policy.evaluate(trace)
+        steps, preds, ops = sc.early_exit(backend, snn, data[0][0], policy, T=12, count_ops=True)
+        assert torch.equal(post.exit_step, steps) and torch.equal(post.predictions, preds)
+        assert torch.equal(post.ops_at_exit, ops)
+
+
+def test_users_own_snntorch_net():
+    snn = pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
+                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(32, 10),
+                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    backend = sc.backends.get("snntorch")
+    data = random_batches(seed=2)
+    for readout in ("spikes", "membrane"):
+        trace = sc.collect_trace(backend, net, data, T=10, readout=readout, progress=False)
+        policy = Confidence(0.3)
+        post = policy.evaluate(trace)
+        real = sc.early_exit_loader(backend, net, data, policy, T=10, readout=readout, progress=False)
+        assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+
+
+def test_streaming_events_arrive_in_time_order():
+    backend = backend_or_skip("snntorch")
+    data = random_batches(n=40, batches=1, seed=3)
+    snn = backend.convert(small_ann(), calibration=data)
+    trace = sc.collect_trace(backend, snn, data, T=8, progress=False)
+    policy = Confidence(0.2)
+    expected = policy.evaluate(trace)
+    frames_read = []
+
+    def frames():
+        for t in range(8):
+            frames_read.append(t)
+            yield data[0][0]
+
+    seen = torch.zeros(40, dtype=torch.bool)
+    last = 0
+    for ev in sc.stream_early_exit(backend, snn, frames(), policy, T=8):
+        assert ev.step > last and not seen[ev.indices].any()
+        last = ev.step
+        seen[ev.indices] = True
+        assert torch.equal(expected.exit_step[ev.indices], torch.full_like(ev.indices, ev.step))
+        assert torch.equal(expected.predictions[ev.indices], ev.predictions)
+    assert seen.all() and len(frames_read) == int(expected.exit_step.max())
+
+
+def test_errors():
+    backend = backend_or_skip("snntorch")
+    data = random_batches(n=8, batches=1)
+    snn = backend.convert(small_ann(), calibration=data)
+    with pytest.raises(ValueError, match="pass T"):
+        sc.early_exit(backend, snn, data[0][0], Confidence(0.1))
+    cal = sc.collect_trace(backend, snn, data, T=4, progress=False)
+    with pytest.raises(ValueError, match="fitted on T = 4"):
+        sc.early_exit(backend, snn, data[0][0], TopKGap().fit(cal), T=6)
+    with pytest.raises(ValueError, match="frames ended after 2 steps"):
+        list(sc.stream_early_exit(backend, snn, [data[0][0]] * 2, TopKGap().fit(cal)))
