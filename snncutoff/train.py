@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,7 @@ class Trainer:
                 improved = False
             self.history_.append(record)
             if show:
-                tqdm.write(json.dumps(record))
+                tqdm.write(json.dumps(record), file=sys.stderr)
             if rank == 0 and self.checkpoint_dir is not None:
                 self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1)
                 if improved:

@@ -7,12 +7,24 @@ Bad input exits with status 1 and a one-line message (``--debug`` shows the trac
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import sys
 import traceback
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
 
 import click
+import torch
+
+from snncutoff import LIF, Trace, backends
+from snncutoff.data import DATASETS
+from snncutoff.io import atomic_torch_save
+from snncutoff.models import MODELS
+
+from .pipeline import POLICIES, BenchConfig, BenchInputError
 
 
 class BenchError(click.ClickException):
@@ -42,6 +54,291 @@ def handle_errors(fn):
 @click.version_option(package_name="snncutoff")
 def main(debug: bool) -> None:
     """Benchmark cutoff (early exit) of spiking neural networks across SpikingJelly and snnTorch."""
+
+
+def _split_csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _output_dir(path: str | None, command: str) -> Path:
+    if path:
+        return Path(path)
+    return Path("snncutoff-results") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _command_line() -> str:
+    return " ".join(["snncutoff-bench", *sys.argv[1:]])
+
+
+def bench_options(fn):
+    """Options shared by the commands that build networks."""
+    opts = [
+        click.option("--dataset", default="digits", show_default=True,
+                     help=f"Data set: {', '.join(DATASETS)}."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the real data sets (not needed for digits)."),
+        click.option("--download", is_flag=True, help="Let torchvision / SpikingJelly download the data set."),
+        click.option("--model", default="cnn", show_default=True, help=f"Model: {', '.join(MODELS)}."),
+        click.option("--T", "T", default=32, show_default=True, type=int, help="Timesteps."),
+        click.option("--backends", default=None, help="Comma-separated backends (default: every installed one)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Random seed."),
+        click.option("--epochs", default=None, type=int, help="Training epochs (default: per data set and route)."),
+        click.option("--batch-size", default=128, show_default=True, type=int),
+        click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+                     help="Where results go (default ./snncutoff-results/<command>-<timestamp>/)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Trained-ANN cache (default ~/.cache/snncutoff)."),
+        click.option("--quiet", is_flag=True, help="No progress output on stderr."),
+        click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the table."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _config(**kw) -> BenchConfig:
+    from .pipeline import BenchConfig
+
+    kw["backends"] = _split_csv(kw.get("backends"))
+    if "policies" in kw:
+        kw["policies"] = _split_csv(kw["policies"]) or POLICIES
+    return BenchConfig(**kw)
+
+
+def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool) -> None:
+    from .pipeline import write_results
+
+    path = write_results(results, out)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(table)
+    if not quiet:
+        click.echo(f"results: {path}", err=True)
+
+
+def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: bool, name: str) -> None:
+    from . import plots
+    from .pipeline import run_compare, sweep_results
+    from .report import compare_table
+
+    out = _output_dir(output_dir, name)
+    try:
+        results = run_compare(cfg, out, quiet=quiet, command=_command_line())
+    except BenchInputError as exc:
+        raise BenchError(str(exc)) from exc
+    traces = {n: Trace.load(out / "traces" / f"{n}-test.pt") for n in results["backends"]}
+    curves = {}
+    for n in results["backends"]:
+        cal = Trace.load(out / "traces" / f"{n}-train.pt")
+        sw = sweep_results(cal, traces[n], cfg.policies)
+        curves[n] = {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in sw.items()}
+        results["backends"][n]["sweep"] = sw
+    results["plots"] = [str(plots.accuracy_per_step(results, out / "accuracy_per_step.png")),
+                        str(plots.oct_histogram(traces, out / "oct_histogram.png")),
+                        str(plots.pareto(curves, out / "pareto.png"))]
+    _finish(results, out, as_json, compare_table(results), quiet)
+
+
+@main.command()
+@bench_options
+@click.option("--route", default="convert", show_default=True,
+              help="convert: one QCFS ANN converted into every backend; direct: one SNN per backend trained "
+                   "with that framework's LIF neurons from the same initial weights.")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policies.")
+@click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L (convert route).")
+@handle_errors
+def compare(output_dir, quiet, as_json, **kw) -> None:
+    """The main job: train (or reuse) a network, run it in every backend, compare cutoff efficiency.
+
+    With no options: a QCFS CNN on the embedded digits data, T = 32, every installed
+    backend; writes results.json, traces/*.pt and PNG plots, and prints a Markdown table.
+    """
+    _compare(_config(**kw), output_dir, quiet, as_json, "compare")
+
+
+@main.command()
+@bench_options
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="ANN checkpoint written by `snncutoff-bench train` (or a Trainer).")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policies.")
+@click.option("--levels", default=8, show_default=True, help="QCFS levels the checkpoint was trained with.")
+@handle_errors
+def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
+    """Checkpoint -> SNN per backend -> traces -> every policy (like compare, without training)."""
+    cfg = _config(**kw)
+    cfg.extra["checkpoint"] = checkpoint
+    _compare(cfg, output_dir, quiet, as_json, "evaluate")
+
+
+@main.command()
+@bench_options
+@click.option("--route", default="convert", show_default=True, help="convert (QCFS ANN) or direct (SNN).")
+@click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L.")
+@click.option("--lr", default=None, type=float, help="Learning rate.")
+@click.option("--resume", is_flag=True, help="Continue from <output-dir>/last.pt.")
+@handle_errors
+def train(output_dir, quiet, as_json, resume, **kw) -> None:
+    """Train the QCFS ANN (route convert) or one SNN per backend (route direct); write checkpoints."""
+    from .pipeline import build_ann, check_config
+    from snncutoff import data
+    from snncutoff.train import Trainer
+
+    cfg = _config(**kw)
+    try:
+        names = check_config(cfg)
+    except BenchInputError as exc:
+        raise BenchError(str(exc)) from exc
+    out = _output_dir(output_dir, "train")
+    split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
+    loaders = split.loaders(cfg.batch_size, seed=cfg.seed)
+    tc = cfg.train_config()
+    results = {"schema": "snncutoff-bench/train/1", "command": _command_line(), "config": asdict(cfg), "runs": {}}
+    targets = ["ann"] if cfg.route == "convert" else names
+    init = build_ann(cfg, split)
+    for target in targets:
+        if target == "ann":
+            net, backend, ckpt = init, None, out
+        else:
+            backend = backends.get(target)
+            net = backend.convert(copy.deepcopy(init), spec=LIF(), step_mode="m" if target == "spikingjelly" else "s")
+            ckpt = out / target
+        trainer = Trainer(net, tc, backend=backend, device=cfg.device, checkpoint_dir=ckpt, resume=resume,
+                          progress=not quiet).fit(*loaders)
+        results["runs"][target] = {"best_accuracy": trainer.best_accuracy_, "history": trainer.history_,
+                                   "checkpoint": str(ckpt / "best.pt")}
+    table = "| run | best test accuracy | checkpoint |\n|---|---:|---|\n" + "\n".join(
+        f"| {k} | {100 * v['best_accuracy']:.2f}% | {v['checkpoint']} |" for k, v in results["runs"].items())
+    _finish(results, out, as_json, table, quiet)
+
+
+@main.command()
+@bench_options
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="ANN checkpoint.")
+@click.option("--levels", default=8, show_default=True, help="QCFS levels the checkpoint was trained with.")
+@click.option("--step-mode", default="s", show_default=True, type=click.Choice(["s", "m"]),
+              help="SpikingJelly step mode of the converted network.")
+@handle_errors
+def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
+    """Convert an ANN checkpoint into every backend; report each layer's neuron and threshold."""
+    from .pipeline import build_ann, check_config
+    from snncutoff import data
+    from snncutoff.train import load_model
+
+    cfg = _config(**kw)
+    try:
+        names = check_config(cfg)
+    except BenchInputError as exc:
+        raise BenchError(str(exc)) from exc
+    split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
+    ann = load_model(build_ann(cfg, split), checkpoint).eval()
+    out = _output_dir(output_dir, "convert")
+    results = {"schema": "snncutoff-bench/convert/1", "command": _command_line(), "checkpoint": checkpoint,
+               "backends": {}}
+    for name in names:
+        b = backends.get(name)
+        snn = b.convert(ann, step_mode=step_mode if name == "spikingjelly" else "s")
+        atomic_torch_save({"state_dict": snn.state_dict(), "activations": [asdict(a) for a in snn.snncutoff_activations]},
+                          out / f"snn-{name}.pt")
+        results["backends"][name] = {"activations": [asdict(a) for a in snn.snncutoff_activations],
+                                     "network": repr(snn)}
+    rows = ["| backend | layer | activation | threshold | v_init |", "|---|---|---|---:|---:|"]
+    for name, e in results["backends"].items():
+        rows += [f"| {name} | {a['path']} | {a['kind']} | {a['threshold']:.4g} | {a['v_init']} |"
+                 for a in e["activations"]]
+    _finish(results, out, as_json, "\n".join(rows), quiet)
+
+
+@main.command()
+@click.option("--traces", "traces_dir", required=True, type=click.Path(file_okay=False),
+              help="A traces/ folder written by compare or evaluate (<backend>-train.pt, <backend>-test.pt).")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policy families.")
+@click.option("--epsilons", default=None, help="Comma-separated epsilons (TopKGap, Confidence).")
+@click.option("--alphas", default=None, help="Comma-separated alphas (Conformal).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) -> None:
+    """Epsilon / alpha sweeps from stored traces: accuracy vs mean exit step, Pareto curves (no network run)."""
+    from . import plots
+    from .pipeline import SWEEP_ALPHAS, SWEEP_EPSILONS, sweep_results
+    from .report import sweep_table
+
+    fams = _split_csv(policies)
+    for f in fams:
+        if f not in POLICIES:
+            raise BenchError(f"unknown policy {f!r}; choose from {', '.join(POLICIES)}")
+    eps = tuple(float(v) for v in _split_csv(epsilons)) or SWEEP_EPSILONS
+    als = tuple(float(v) for v in _split_csv(alphas)) or SWEEP_ALPHAS
+    folder = Path(traces_dir)
+    tests = sorted(folder.glob("*-test.pt"))
+    if not tests:
+        raise BenchError(f"no <backend>-test.pt trace in {folder}; run `snncutoff-bench compare` first")
+    out = _output_dir(output_dir, "sweep")
+    results = {"schema": "snncutoff-bench/sweep/1", "command": _command_line(), "traces": str(folder), "backends": {}}
+    curves = {}
+    for test_path in tests:
+        name = test_path.name[: -len("-test.pt")]
+        cal_path = folder / f"{name}-train.pt"
+        if not cal_path.exists():
+            raise BenchError(f"{cal_path} is missing: the calibration trace is needed for TopKGap and Conformal")
+        sw = sweep_results(Trace.load(cal_path), Trace.load(test_path), fams, eps, als)
+        results["backends"][name] = sw
+        curves[name] = {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in sw.items()}
+    results["plots"] = [str(plots.pareto(curves, out / "pareto.png"))]
+    _finish(results, out, as_json, sweep_table(results), quiet)
+
+
+@main.command()
+@click.option("--model", default="cnn", show_default=True, help="cnn (digits size) or vgg11 / vgg16 (CIFAR size).")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--T", "T", default=16, show_default=True, type=int)
+@click.option("--backends", default=None, help="Comma-separated backends (default: every installed one).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--early-exit", is_flag=True,
+              help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
+@click.option("--epsilon", default=0.0, show_default=True, type=float,
+              help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, output_dir, quiet, as_json) -> None:
+    """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
+    from . import speed as sp
+
+    names = list(_split_csv(backends)) or None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
+    out = _output_dir(output_dir, "speed")
+    if early_exit:
+        from .pipeline import BenchConfig, trained_ann
+        from snncutoff import data
+
+        cfg = BenchConfig(T=T)
+        split = data.digits()
+        ann, _ = trained_ann(cfg, split, quiet)
+        train, test = split.loaders(256, shuffle_train=False)
+        x = torch.cat([b[0] for b in test])
+        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, x))
+        rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
+                "realised / ideal |", "|---|---:|---:|---:|---:|---:|---:|"]
+        rows += [f"| {n} | {e['full_seconds']:.4f} | {e['early_exit_seconds']:.4f} | {e['mean_exit_step']:.2f} | "
+                 f"{e['realised_speedup']:.2f}x | {e['ideal_speedup']:.2f}x | {e['realised_over_ideal']:.2f} |"
+                 for n, e in results["backends"].items()]
+    else:
+        size, ch = (8, 1) if model == "cnn" else (32, 3)
+        results = sp.backend_paths(model, size, ch, batch_size, T, names, device, repeats)
+        rows = ["| backend | native ms/step | adapter step ms/step | adapter run ms/step | adapter overhead | "
+                "run / step |", "|---|---:|---:|---:|---:|---:|"]
+        rows += [f"| {n} | {e['native_ms_per_step']:.3f} | {e['step_ms_per_step']:.3f} | {e['run_ms_per_step']:.3f} | "
+                 f"{100 * e['adapter_overhead']:+.1f}% | {e['run_over_step']:.2f} |"
+                 for n, e in results["backends"].items()]
+    results["command"] = _command_line()
+    _finish(results, out, as_json, "\n".join(rows), quiet)
 
 
 @main.command("core-speed")

@@ -1,0 +1,159 @@
+"""Speed of the backends: run vs step paths, adapter overhead vs native nets, real early exit.
+
+Every figure is a ratio against a baseline measured in the same process, on the same
+input, best of ``repeats`` runs (this machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import snncutoff as sc
+from snncutoff import backends, models
+
+
+def _best(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _qcfs(model: str, channels: int, size: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    ann = models.get(model, 10, channels, size)
+    return sc.constraints.apply(ann, "qcfs", levels=8, threshold=2.0).eval()
+
+
+def native_net(name: str, snn: nn.Module) -> nn.Module:
+    """The converted ``snn`` written by hand in the framework's usual style (same weights).
+
+    SpikingJelly: the same layers with ``IFNode(v_reset=None)`` and a plain scaling
+    module, stepped with ``net(x)`` and reset with ``functional.reset_net``.
+    snnTorch: ``Leaky(beta=1, init_hidden=True, reset_mechanism='subtract')`` neurons
+    stepped with ``net(x)`` (snnTorch's own delayed reset; spikes on ``>``).
+    """
+    import copy
+
+    net = copy.deepcopy(snn)
+    if name == "spikingjelly":
+        return net  # already plain SpikingJelly modules: IFNode + a scaling wrapper
+    import snntorch
+
+    from snncutoff_snntorch import IFNeuron
+
+    class Scaled(nn.Module):
+        def __init__(self, theta):
+            super().__init__()
+            self.theta = theta
+            self.lif = snntorch.Leaky(beta=1.0, threshold=theta, init_hidden=True)
+
+        def forward(self, x):
+            return self.lif(x) * self.theta
+
+    for parent in list(net.modules()):
+        for key, child in list(parent.named_children()):
+            if isinstance(child, IFNeuron):
+                setattr(parent, key, Scaled(child.threshold))
+    return net
+
+
+def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: int = 128, T: int = 16,
+                  names: list[str] | None = None, device: str = "cpu", repeats: int = 3) -> dict:
+    """Milliseconds per step: native loop, adapter ``step`` loop, adapter ``run`` (multi-step where offered)."""
+    cuda = device.startswith("cuda")
+    x = torch.randn(batch, channels, size, size, device=device)
+    x_seq = sc.encode(x, T)
+    ann = _qcfs(model, channels, size)
+    out = {"model": model, "input": [batch, channels, size, size], "T": T, "device": device, "backends": {}}
+    for name in names or [n for n in backends.names() if backends.available(n)[0]]:
+        b = backends.get(name)
+        single = b.convert(ann).to(device)
+        multi = b.convert(ann, step_mode="m").to(device) if name == "spikingjelly" else single
+        native = native_net(name, single).to(device)
+
+        def native_loop(net=native, name=name):
+            if name == "spikingjelly":
+                from spikingjelly.activation_based import functional
+
+                functional.reset_net(net)
+            else:
+                for m in net.modules():
+                    if hasattr(m, "reset_mem"):
+                        m.reset_mem()
+            for t in range(T):
+                net(x_seq[t])
+
+        def step_loop(net=single, b=b):
+            b.reset(net)
+            for t in range(T):
+                b.step(net, x_seq[t])
+
+        def run(net=multi, b=b):
+            b.reset(net)
+            b.run(net, x_seq)
+
+        with torch.no_grad():
+            n_s = _best(native_loop, repeats, cuda)
+            s_s = _best(step_loop, repeats, cuda)
+            r_s = _best(run, repeats, cuda)
+        out["backends"][name] = {
+            "native_ms_per_step": 1000 * n_s / T,
+            "step_ms_per_step": 1000 * s_s / T,
+            "run_ms_per_step": 1000 * r_s / T,
+            "adapter_overhead": s_s / n_s - 1.0,
+            "run_over_step": r_s / s_s,
+        }
+    return out
+
+
+def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, policy: str = "topk",
+                     names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
+                     ann: nn.Module | None = None, data=None) -> dict:
+    """Wall time of streaming early exit vs the plain step loop over all T, per backend.
+
+    With a trained network and its data (``ann``, ``data`` = (calibration loader, test
+    batch)), the policy is fitted on a calibration trace; ``realised_speedup`` is the
+    step-loop time over the early-exit time, ``ideal_speedup`` is ``T / mean exit step``.
+    """
+    cuda = device.startswith("cuda")
+    out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "backends": {}}
+    cal_loader, x = data
+    x = x[:batch].to(device)
+    for name in names or [n for n in backends.names() if backends.available(n)[0]]:
+        b = backends.get(name)
+        snn = b.convert(ann).to(device)
+        cal = sc.collect_trace(b, snn, cal_loader, T, device=device, progress=False)
+        p = (sc.TopKGap(epsilon) if policy == "topk" else sc.Conformal(epsilon)).fit(cal)
+        x_seq = sc.encode(x, T)
+
+        def full(b=b, snn=snn):
+            b.reset(snn)
+            for t in range(T):
+                b.step(snn, x_seq[t])
+
+        def early(b=b, snn=snn, p=p):
+            return sc.early_exit(b, snn, x, p, T)
+
+        with torch.no_grad():
+            t_full = _best(full, repeats, cuda)
+            t_early = _best(early, repeats, cuda)
+        steps, _, _ = early()
+        ideal = T / float(steps.double().mean())
+        realised = t_full / t_early
+        out["backends"][name] = {
+            "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
+            "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
+        }
+    return out
