@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from snncutoff import Trace
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core: torch's own threads would only oversubscribe the CPU
+    torch.set_num_threads(1)
 
 
 def make_trace(T: int = 8, N: int = 64, C: int = 5, seed: int = 0, signal: float = 0.6, ops: bool = False) -> Trace:

@@ -302,11 +302,14 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
               help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
 @click.option("--epsilon", default=0.0, show_default=True, type=float,
               help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Trained-ANN cache for --early-exit (default ~/.cache/snncutoff).")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, output_dir, quiet, as_json) -> None:
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, cache_dir, output_dir, quiet,
+          as_json) -> None:
     """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
     from . import speed as sp
 
@@ -318,7 +321,7 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         from .pipeline import BenchConfig, trained_ann
         from snncutoff import data
 
-        cfg = BenchConfig(T=T)
+        cfg = BenchConfig(T=T, cache_dir=cache_dir)
         split = data.digits()
         ann, _ = trained_ann(cfg, split, quiet)
         train, test = split.loaders(256, shuffle_train=False)

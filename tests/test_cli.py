@@ -1,0 +1,194 @@
+"""snncutoff-bench through click's CliRunner, on tiny settings."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from snncutoff import backends
+from snncutoff_bench.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One tiny compare run shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("compare")
+    cache = tmp_path_factory.mktemp("cache")
+    res = CliRunner().invoke(main, ["compare", "--epochs", "1", "--T", "4", "--output-dir", str(out),
+                                    "--cache-dir", str(cache), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out, cache, res.output
+
+
+def test_compare_writes_results_traces_and_plots(compared):
+    out, _, stdout = compared
+    assert "| backend | policy | accuracy |" in stdout and "OCT (oracle)" in stdout
+    d = json.loads((out / "results.json").read_text())
+    assert d["schema"] == "snncutoff-bench/compare/1" and d["seed"] == 0
+    assert {"config", "command", "versions", "ann", "backends", "agreement", "plots"} <= set(d)
+    for name, e in d["backends"].items():
+        assert name in backends.names()
+        assert {"ann_accuracy", "snn_accuracy", "accuracy_per_step", "oct", "policies", "timing"} <= set(e)
+        assert len(e["accuracy_per_step"]) == 4
+        for key, r in e["policies"].items():
+            assert {"accuracy", "mean_steps", "speedup", "ops_saved"} <= set(r), key
+        assert any(k.startswith("topk_eps0.01") for k in e["policies"])
+        assert (out / "traces" / f"{name}-test.pt").exists() and (out / "traces" / f"{name}-train.pt").exists()
+    for png in d["plots"]:
+        with open(png, "rb") as f:
+            assert f.read(8) == PNG
+    import matplotlib.image
+
+    assert matplotlib.image.imread(d["plots"][0]).shape[2] in (3, 4)
+
+
+def test_compare_reuses_the_cached_checkpoint(compared, tmp_path):
+    _, cache, _ = compared
+    res = CliRunner().invoke(main, ["compare", "--epochs", "1", "--T", "4", "--output-dir", str(tmp_path),
+                                    "--cache-dir", str(cache), "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["ann"]["cached"] is True
+
+
+def test_sweep_from_stored_traces(compared, tmp_path):
+    out, _, _ = compared
+    res = CliRunner().invoke(main, ["sweep", "--traces", str(out / "traces"), "--epsilons", "0,0.05",
+                                    "--alphas", "0.1", "--output-dir", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "results.json").read_text())
+    name = next(iter(d["backends"]))
+    assert len(d["backends"][name]["topk"]) == 2 and len(d["backends"][name]["conformal"]) == 1
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG
+
+
+def test_train_evaluate_convert(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--epochs", "1", "--output-dir", str(tmp_path / "tr"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "tr" / "best.pt"
+    assert ckpt.exists() and (tmp_path / "tr" / "last.pt").exists()
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--T", "4", "--output-dir",
+                               str(tmp_path / "ev"), "--quiet", "--policies", "topk,timestep"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert all(set(k.split("_")[0] for k in e["policies"]) == {"topk", "timestep"} for e in d["backends"].values())
+    res = runner.invoke(main, ["convert", "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "cv"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "| QCFS |" in res.output
+    # a checkpoint that does not match the model is a clear error
+    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--model", "resnet20", "--T", "2",
+                               "--output-dir", str(tmp_path / "bad")])
+    assert res.exit_code == 1 and "does not match the model" in res.output
+
+
+def test_compare_direct_route(tmp_path):
+    res = CliRunner().invoke(main, ["compare", "--route", "direct", "--epochs", "1", "--T", "4",
+                                    "--output-dir", str(tmp_path), "--quiet", "--json",
+                                    "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["ann"] is None and all("history" in e for e in d["backends"].values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "imagenet"], "unknown data set 'imagenet'; choose one of digits, mnist"),
+        (["--model", "alexnet"], "unknown model 'alexnet'; choose one of cnn"),
+        (["--backends", "norse"], "unknown backend 'norse'; registered:"),
+        (["--policies", "topk,oracle"], "unknown policy 'oracle'; choose from timestep"),
+        (["--dataset", "mnist"], "pass --data-dir"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent/x"], "does not exist"),
+        (["--route", "sideways"], "unknown route"),
+    ],
+)
+def test_bad_input_exits_1_with_one_line(args, message, tmp_path):
+    res = CliRunner().invoke(main, ["compare", *args, "--output-dir", str(tmp_path)])
+    assert res.exit_code == 1
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_missing_dataset_files_say_how_to_get_them(tmp_path):
+    res = CliRunner().invoke(main, ["compare", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--quiet",
+                                    "--output-dir", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "cifar10 not found" in res.output and "download" in res.output
+
+
+def test_cuda_asked_but_absent(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    res = CliRunner().invoke(main, ["compare", "--device", "cuda", "--output-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "no CUDA device" in res.output
+
+
+def test_backend_not_installed_says_what_to_install(tmp_path):
+    class Missing(backends.Backend):
+        name = "missing"
+
+        def available(self):
+            return False, "the framework is not installed: pip install missing-framework"
+
+    backends.register("missing", Missing)
+    try:
+        res = CliRunner().invoke(main, ["compare", "--backends", "missing", "--output-dir", str(tmp_path)])
+        assert res.exit_code == 1 and "pip install missing-framework" in res.output
+    finally:
+        backends._registered.pop("missing")
+
+
+def test_usage_error_is_exit_2():
+    assert CliRunner().invoke(main, ["compare", "--T", "many"]).exit_code == 2
+    assert CliRunner().invoke(main, ["nonsense"]).exit_code == 2
+
+
+def test_sweep_without_traces(tmp_path):
+    res = CliRunner().invoke(main, ["sweep", "--traces", str(tmp_path)])
+    assert res.exit_code == 1 and "no <backend>-test.pt trace" in res.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    junk = tmp_path / "junk.pt"
+    import torch
+
+    torch.save({"weights": 1}, junk)
+    args = ["convert", "--checkpoint", str(junk), "--output-dir", str(tmp_path / "o")]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 1 and "not a snncutoff checkpoint" in plain.output and "Traceback" not in plain.output
+    debug = CliRunner().invoke(main, ["--debug", *args])
+    assert debug.exit_code == 1 and "Traceback" in debug.output
+
+
+def test_info_and_speed(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["info", "--json"])
+    assert res.exit_code == 0
+    info = json.loads(res.stdout)
+    assert {"torch", "spikingjelly", "snntorch", "cupy", "backends"} <= set(info)
+    res = runner.invoke(main, ["speed", "--T", "2", "--batch-size", "8", "--repeats", "1", "--json", "--quiet",
+                               "--output-dir", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    for e in d["backends"].values():
+        assert {"native_ms_per_step", "step_ms_per_step", "run_ms_per_step", "adapter_overhead"} <= set(e)
+
+
+def test_speed_early_exit(tmp_path):
+    res = CliRunner().invoke(main, ["speed", "--early-exit", "--T", "4", "--batch-size", "16", "--repeats", "1",
+                                    "--json", "--quiet", "--output-dir", str(tmp_path / "out"),
+                                    "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    for e in d["backends"].values():
+        assert {"realised_speedup", "ideal_speedup", "realised_over_ideal"} <= set(e)
+
+
+def test_core_speed_small():
+    res = CliRunner().invoke(main, ["core-speed", "--T", "4", "--N", "300", "--C", "5", "--repeats", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["exact_cold_speedup"] > 0
