@@ -15,11 +15,11 @@ Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.ba
 from . import backends, constraints
 from .collect import collect_trace, encode
 from .convert import ConversionError
-from .early_exit import ExitEvent, early_exit, early_exit_loader, stream_early_exit
 from .cutoff import Confidence, Conformal, CutoffPolicy, Timestep, TopKGap, sweep
+from .early_exit import ExitEvent, early_exit, early_exit_loader, stream_early_exit
 from .oct import optimal_cutoff
-from .spec import IF, LIF
 from .result import CutoffResult
+from .spec import IF, LIF
 from .trace import Trace
 from .validation import NotFittedError
 

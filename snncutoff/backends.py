@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .convert import ConvertedActivation, convert_ann
+from .layers import TEBN
 from .record import Recorder
 from .spec import IF, LIF
 
@@ -121,6 +122,7 @@ class Backend:
         threshold_rule: str = "max",
         maxpool: str = "error",
         fuse_bn: bool = False,
+        tebn: int | None = None,
         example_input: Tensor | None = None,
         device: torch.device | str | None = None,
     ) -> nn.Module:
@@ -130,13 +132,24 @@ class Backend:
         soft reset, thresholds from constraints or calibration. ``spec=LIF(...)`` builds a
         trainable network with the framework's LIF neurons in place of the activations
         (direct training; every other layer is kept as it is).
+        ``tebn=T`` (LIF, multi-step only) replaces every BatchNorm by
+        :class:`~snncutoff.layers.TEBN` for up to T steps.
         The result carries ``snncutoff_activations``, the list of what was converted.
         """
         spec = spec if spec is not None else IF()
         if isinstance(spec, LIF):
+            if tebn is not None and step_mode != "m":
+                raise ValueError("tebn needs a multi-step network (step_mode='m'): TEBN normalises over T and N "
+                                 "together, which a step-by-step network never sees at once")
+
+            def map_train(m: nn.Module) -> nn.Module:
+                if tebn is not None and isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    return TEBN.from_batchnorm(m, tebn)
+                return self.map_layer(m, step_mode)
+
             snn, acts = convert_ann(
                 ann, lambda theta, v: self.lif_neuron(spec), IF(threshold=spec.threshold, v_init=0.0),
-                map_layer=(lambda m: self.map_layer(m, step_mode)), training=True, example_input=example_input,
+                map_layer=map_train, training=True, example_input=example_input,
             )
         elif isinstance(spec, IF):
             snn, acts = convert_ann(
@@ -206,14 +219,16 @@ class Backend:
     @contextmanager
     def record(
         self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,
-        T: int | None = None,
+        T: int | None = None, keep_graph: bool = False,
     ) -> Iterator[Recorder]:
         """Record per-layer spikes (``store=True``), membranes and per-sample operation counts.
 
-        ``T`` is needed for a multi-step network (to arrange its counts as ``[T, N]``).
+        ``T`` is needed for a multi-step network (to arrange its counts as ``[T, N]``);
+        ``keep_graph`` keeps stored tensors differentiable (training regularisers).
         """
         rec = Recorder(store=store, membrane=membrane,
-                       multistep=self.is_multistep(net) if multistep is None else multistep, T=T)
+                       multistep=self.is_multistep(net) if multistep is None else multistep, T=T,
+                       keep_graph=keep_graph)
         rec.attach(net, self.spiking_layers(net), self.spikes_of, self.membrane_of, self.takes_sequences)
         try:
             yield rec

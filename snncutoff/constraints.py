@@ -161,7 +161,7 @@ def apply(ann: nn.Module, kind: str = "qcfs", **kwargs) -> nn.Module:
             "and call them in forward, then apply the constraint."
         )
     replaced = 0
-    for name, module in list(ann.named_modules()):
+    for module in list(ann.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.ReLU:
                 setattr(module, child_name, _KINDS[kind](**kwargs))

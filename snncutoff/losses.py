@@ -3,7 +3,8 @@ r"""Losses for spiking networks trained over T steps (outputs ``[T, N, C]``, per
 - :class:`MeanOutputLoss`: cross-entropy of the mean output,
   :math:`\mathcal{L} = \mathrm{CE}(\frac{1}{T}\sum_t y_t,\ y)`.
 - :class:`TETLoss` (temporal efficient training, Deng et al., ICLR 2022):
-  :math:`\mathcal{L} = (1-\lambda)\frac{1}{T}\sum_t \mathrm{CE}(y_t, y) + \lambda\,\frac{1}{T}\sum_t \mathrm{MSE}(y_t, \phi)`
+  :math:`\mathcal{L} = \frac{1}{T}\sum_t \left[(1-\lambda)\mathrm{CE}(y_t, y)
+  + \lambda\,\mathrm{MSE}(y_t, \phi)\right]`
   with :math:`\phi` the target value ``means`` (1.0 by default) — the TET paper's
   regulariser pulling every step's output towards a constant.
 """

@@ -78,6 +78,8 @@ class Recorder:
     Attributes:
         spikes: layer name -> list of spike tensors (kept only with ``store=True``).
         membranes: layer name -> list of membrane tensors (with ``membrane=True``).
+        keep_graph: keep stored spikes and membranes in the autograd graph (for
+            regularisers such as RCS); detached otherwise.
         spike_counts: per call, ``[N]`` (or ``[T, N]``) spikes summed over spiking layers.
         ops: per call, ``[N]`` (or ``[T, N]``) operations summed over synaptic layers.
     """
@@ -86,6 +88,7 @@ class Recorder:
     membrane: bool = False
     multistep: bool = False
     T: int | None = None
+    keep_graph: bool = False
     spikes: dict[str, list[Tensor]] = field(default_factory=dict)
     membranes: dict[str, list[Tensor]] = field(default_factory=dict)
     _spike_calls: dict[str, list[Tensor]] = field(default_factory=dict)
@@ -110,6 +113,11 @@ class Recorder:
     def ops(self) -> Tensor | None:
         """``[T, N]`` operations per step and sample, summed over synaptic layers."""
         return self._per_sample(self._op_calls)
+
+    def sequences(self, which: str = "spikes") -> dict[str, Tensor]:
+        """Stored spikes (or ``"membranes"``) per layer as ``[T, N, ...]`` tensors."""
+        src = self.spikes if which == "spikes" else self.membranes
+        return {k: (torch.cat(v) if self.multistep else torch.stack(v)) for k, v in src.items() if v}
 
     def take_ops(self) -> Tensor | None:
         """Operations per sample of the calls since the last ``take_ops`` (``[N]``), then forget them.
@@ -158,15 +166,15 @@ class Recorder:
 
     def _spike_hook(self, name, spikes_of, membrane_of, sequence: bool):
         def hook(module, _inputs, output):
-            s = spikes_of(module, output).detach()
-            rows = s.reshape(s.shape[0] * s.shape[1], -1) if sequence else s.flatten(1)
+            s = spikes_of(module, output)
+            rows = s.detach().reshape(s.shape[0] * s.shape[1], -1) if sequence else s.detach().flatten(1)
             self._spike_calls[name].append((rows != 0).sum(-1).double())
             if self.store:
-                self.spikes[name].append(s)
+                self.spikes[name].append(s if self.keep_graph else s.detach())
             if self.membrane:
                 v = membrane_of(module)
                 if v is not None:
-                    self.membranes[name].append(v.detach())
+                    self.membranes[name].append(v if self.keep_graph else v.detach())
 
         return hook
 

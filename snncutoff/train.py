@@ -23,6 +23,7 @@ import json
 import os
 import random
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .collect import encode
+from .constraints import Constraint
 from .io import atomic_torch_save
 from .losses import MeanOutputLoss, TETLoss
+from .regularizers import rcs_ann, rcs_snn
 from .validation import check_choice
 
 
@@ -123,7 +126,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig | None = None, backend: Any = None,
                  device: torch.device | str | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                 resume: bool = False, progress: bool = True, rcs: nn.Module | None = None) -> None:
+                 resume: bool = False, progress: bool = True) -> None:
         self.model = model
         self.config = config or TrainConfig()
         self.backend = backend
@@ -131,7 +134,6 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
         self.progress = progress
-        self.rcs = rcs
         if backend is None and self.config.loss != "ce":
             raise ValueError(f"loss={self.config.loss!r} is for SNNs: pass backend= (or use loss='ce')")
         if backend is not None and self.config.loss == "ce":
@@ -154,6 +156,33 @@ class Trainer:
         if self.backend is None:
             return module(x)
         return module(encode(x, self.config.T, self.config.encoder))
+
+    @contextmanager
+    def _rcs(self):
+        """Capture what the RCS regulariser needs during one forward; yields ``penalty(out, y)``."""
+        c = self.config
+        if c.rcs_alpha <= 0:
+            yield None
+            return
+        if self.backend is None:  # ANN: the constrained activations
+            acts: list[Tensor] = []
+            handles = [m.register_forward_hook(lambda _m, _i, o: acts.append(o))
+                       for m in self.model.modules() if isinstance(m, Constraint)]
+            if not handles:
+                raise ValueError("rcs_alpha > 0 on an ANN needs constraint activations (snncutoff.constraints.apply)")
+            try:
+                yield lambda out, y: rcs_ann(acts, out.detach().argmax(-1) == y)
+            finally:
+                for h in handles:
+                    h.remove()
+            return
+        with self.backend.record(self.model, store=True, membrane=True, T=c.T, keep_graph=True) as rec:
+            def penalty(out: Tensor, y: Tensor) -> Tensor:
+                spikes, mems = rec.sequences("spikes"), rec.sequences("membranes")
+                names = [n for n in spikes if n in mems]
+                return rcs_snn([spikes[n] for n in names], [mems[n] for n in names], out, y, c.rcs_fraction)
+
+            yield penalty
 
     @staticmethod
     def _prediction(out: Tensor) -> Tensor:
@@ -194,8 +223,7 @@ class Trainer:
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             sampler = DistributedSampler(train_loader.dataset, num_replicas=world, rank=rank, seed=c.seed)
             train_loader = DataLoader(train_loader.dataset, batch_size=train_loader.batch_size, sampler=sampler)
-        params = list(model.parameters()) + (list(self.rcs.parameters()) if self.rcs is not None else [])
-        opt = self._optimizer([p for p in params if p.requires_grad])
+        opt = self._optimizer([p for p in model.parameters() if p.requires_grad])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
         criterion = self._criterion()
         self.history_: list[dict] = []
@@ -212,10 +240,11 @@ class Trainer:
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not show, leave=False)
             for x, y in bar:
                 x, y = x.to(self.device), y.to(self.device)
-                out = self._forward(module, x)
+                with self._rcs() as penalty:
+                    out = self._forward(module, x)
                 loss = criterion(out, y)
-                if self.rcs is not None and c.rcs_alpha > 0:
-                    loss = loss + c.rcs_alpha * self.rcs.penalty(out.detach(), y)
+                if c.rcs_alpha > 0:
+                    loss = loss + c.rcs_alpha * penalty(out, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"loss became {float(loss)} at epoch {epoch + 1}; lower the learning rate (now {c.lr})")
@@ -256,7 +285,6 @@ class Trainer:
     def _save(self, path: Path, opt, sched, epoch: int) -> None:
         atomic_torch_save({
             "model": self.model.state_dict(),
-            "rcs": self.rcs.state_dict() if self.rcs is not None else None,
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "epoch": epoch,
@@ -270,8 +298,6 @@ class Trainer:
         if ckpt.get("config") != asdict(self.config):
             raise ValueError(f"checkpoint {path} was written with a different config; start afresh or match it")
         self.model.load_state_dict(ckpt["model"])
-        if self.rcs is not None and ckpt.get("rcs") is not None:
-            self.rcs.load_state_dict(ckpt["rcs"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         self.best_accuracy_ = ckpt["best_accuracy"]

@@ -9,7 +9,6 @@ import torch
 
 from snncutoff import Trace
 
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one worker per core: torch's own threads would only oversubscribe the CPU
     torch.set_num_threads(1)

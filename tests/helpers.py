@@ -22,12 +22,12 @@ def backend_or_skip(name: str):
     return sc.backends.get(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_loaders(batch_size: int = 150):
     return data.digits().loaders(batch_size=batch_size, shuffle_train=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained_digits_cnn(kind: str = "qcfs", epochs: int = 6) -> nn.Module:
     """A digits CNN trained for a few seconds (kind: 'relu' or 'qcfs'); cached per process."""
     seed_everything(0)

@@ -28,7 +28,8 @@ def policies():
     return st.one_of(
         st.builds(TopKGap, st.floats(0, 0.99), st.sampled_from(["exact", "grid"]), st.integers(1, 20)),
         st.builds(Confidence, st.floats(0, 0.99)),
-        st.builds(Conformal, st.floats(0, 0.9), st.integers(1, 3), st.just("split"), st.sampled_from(["none", "bonferroni"])),
+        st.builds(Conformal, st.floats(0, 0.9), st.integers(1, 3), st.just("split"),
+                  st.sampled_from(["none", "bonferroni"])),
     )
 
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from snncutoff import Conformal, Confidence, TopKGap, Trace
+from snncutoff import Confidence, Conformal, TopKGap, Trace
 
 from .conftest import make_trace
 

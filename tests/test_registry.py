@@ -88,7 +88,8 @@ def test_register_in_process():
     try:
         with pytest.raises(ImportError, match="pip install broken"):
             backends.get("broken")
-        assert backends.available("broken") == (False, "backend 'broken' is not usable: framework missing: pip install broken")
+        expected = "backend 'broken' is not usable: framework missing: pip install broken"
+        assert backends.available("broken") == (False, expected)
     finally:
         backends._registered.pop("broken")
 

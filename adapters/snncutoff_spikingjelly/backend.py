@@ -16,12 +16,15 @@ without cupy or without CUDA, which is an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from snncutoff.backends import Backend, Readout
+from snncutoff.record import Recorder
 from snncutoff.spec import LIF
 from snncutoff.validation import check_choice
 
@@ -177,6 +180,21 @@ class SpikingJellyBackend(Backend):
         finally:
             for mod, was in zip(neurons, modes):
                 mod.train(was)
+
+    @contextmanager
+    def record(self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,
+               T: int | None = None, keep_graph: bool = False) -> Iterator[Recorder]:
+        """As :meth:`Backend.record`; multi-step neurons also keep ``v_seq`` while membranes are recorded."""
+        nodes = [m for _, m in self.spiking_layers(net) if getattr(m, "step_mode", "s") == "m"] if membrane else []
+        saved = [getattr(m, "store_v_seq", False) for m in nodes]
+        for m in nodes:
+            m.store_v_seq = True
+        try:
+            with super().record(net, store, membrane, multistep, T, keep_graph) as rec:
+                yield rec
+        finally:
+            for m, was in zip(nodes, saved):
+                m.store_v_seq = was
 
     def describe(self) -> dict[str, Any]:
         """Version and kernel information for reports."""

@@ -181,9 +181,10 @@ def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
 @handle_errors
 def train(output_dir, quiet, as_json, resume, **kw) -> None:
     """Train the QCFS ANN (route convert) or one SNN per backend (route direct); write checkpoints."""
-    from .pipeline import build_ann, check_config
     from snncutoff import data
     from snncutoff.train import Trainer
+
+    from .pipeline import build_ann, check_config
 
     cfg = _config(**kw)
     try:
@@ -222,9 +223,10 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
 @handle_errors
 def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
     """Convert an ANN checkpoint into every backend; report each layer's neuron and threshold."""
-    from .pipeline import build_ann, check_config
     from snncutoff import data
     from snncutoff.train import load_model
+
+    from .pipeline import build_ann, check_config
 
     cfg = _config(**kw)
     try:
@@ -239,10 +241,9 @@ def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
     for name in names:
         b = backends.get(name)
         snn = b.convert(ann, step_mode=step_mode if name == "spikingjelly" else "s")
-        atomic_torch_save({"state_dict": snn.state_dict(), "activations": [asdict(a) for a in snn.snncutoff_activations]},
-                          out / f"snn-{name}.pt")
-        results["backends"][name] = {"activations": [asdict(a) for a in snn.snncutoff_activations],
-                                     "network": repr(snn)}
+        acts = [asdict(a) for a in snn.snncutoff_activations]
+        atomic_torch_save({"state_dict": snn.state_dict(), "activations": acts}, out / f"snn-{name}.pt")
+        results["backends"][name] = {"activations": acts, "network": repr(snn)}
     rows = ["| backend | layer | activation | threshold | v_init |", "|---|---|---|---:|---:|"]
     for name, e in results["backends"].items():
         rows += [f"| {name} | {a['path']} | {a['kind']} | {a['threshold']:.4g} | {a['v_init']} |"
@@ -318,8 +319,9 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         raise BenchError("--device cuda was asked for but torch sees no CUDA device")
     out = _output_dir(output_dir, "speed")
     if early_exit:
-        from .pipeline import BenchConfig, trained_ann
         from snncutoff import data
+
+        from .pipeline import BenchConfig, trained_ann
 
         cfg = BenchConfig(T=T, cache_dir=cache_dir)
         split = data.digits()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from snncutoff import Trace, TopKGap, sweep
+from snncutoff import TopKGap, Trace, sweep
 
 
 def synthetic_trace(T: int, N: int, C: int, seed: int) -> Trace:

@@ -141,7 +141,8 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) ->
         try:
             load_model(ann, cfg.extra["checkpoint"])
         except (FileNotFoundError, ValueError) as exc:
-            raise BenchInputError(f"{exc} (model {cfg.model!r}, data set {cfg.dataset!r}, QCFS L={cfg.levels})") from exc
+            what = f"model {cfg.model!r}, data set {cfg.dataset!r}, QCFS L={cfg.levels}"
+            raise BenchInputError(f"{exc} ({what})") from exc
         return ann.eval(), {"checkpoint": cfg.extra["checkpoint"], "cached": True}
     path = cache_dir(cfg) / f"ann-{cfg.dataset}-{cfg.model}-{cfg.ann_key()}.pt"
     info = {"checkpoint": str(path), "cached": path.exists()}
@@ -182,7 +183,8 @@ def policy_results(cfg: BenchConfig, cal: sc.Trace, test: sc.Trace, reference: f
             out[f"topk_eps{eps:g}"] = r.to_dict()
         out["topk_grid_eps0"] = sc.TopKGap(0.0, search="grid").fit(cal).evaluate(test).to_dict()
     if "confidence" in cfg.policies:
-        out[f"confidence_eps{cfg.confidence_epsilon:g}"] = sc.Confidence(cfg.confidence_epsilon).evaluate(test).to_dict()
+        conf = sc.Confidence(cfg.confidence_epsilon)
+        out[f"confidence_eps{cfg.confidence_epsilon:g}"] = conf.evaluate(test).to_dict()
     if "conformal" in cfg.policies:
         out[f"conformal_alpha{cfg.conformal_alpha:g}"] = \
             sc.Conformal(cfg.conformal_alpha).fit(cal).evaluate(test).to_dict()

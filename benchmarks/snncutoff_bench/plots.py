@@ -34,7 +34,8 @@ def accuracy_per_step(results: dict, path: Path) -> Path:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("timestep / mean exit step (log scale)")
     ax.set_ylabel("test accuracy")
-    lo = min(min(e["accuracy_per_step"][len(e["accuracy_per_step"]) // 8:] or [0]) for e in results["backends"].values())
+    curves = [e["accuracy_per_step"] for e in results["backends"].values()]
+    lo = min(min(acc[len(acc) // 8:] or [0]) for acc in curves)
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_title(f"{results['config']['dataset']} / {results['config']['model']}, T={results['config']['T']}")
     ax.legend(fontsize=7, loc="lower right")

@@ -18,7 +18,7 @@ def compare_table(results: dict) -> str:
     lines += ["| backend | policy | accuracy | mean steps | speed-up | ops saved |",
               "|---|---|---:|---:|---:|---:|"]
     for name, e in results["backends"].items():
-        rows = [(f"all T steps (SNN accuracy)", {"accuracy": e["snn_accuracy"], "mean_steps": cfg["T"],
+        rows = [("all T steps (SNN accuracy)", {"accuracy": e["snn_accuracy"], "mean_steps": cfg["T"],
                                                   "speedup": 1.0, "ops_saved": 0.0})]
         rows.append(("OCT (oracle)", e["oct"]))
         rows += list(e["policies"].items())
@@ -28,9 +28,8 @@ def compare_table(results: dict) -> str:
     lines += ["", "| backend | version | run ms/step | step ms/step | trace collection s |", "|---|---|---:|---:|---:|"]
     for name, e in results["backends"].items():
         t = e.get("timing", {})
-        fmt = lambda k: f"{t[k]:.2f}" if k in t else "–"  # noqa: E731
-        lines.append(f"| {name} | {e.get('version')} | {fmt('run_ms_per_step')} | {fmt('step_ms_per_step')} | "
-                     f"{t.get('collect_seconds', 0):.1f} |")
+        run, step = (f"{t[k]:.2f}" if k in t else "–" for k in ("run_ms_per_step", "step_ms_per_step"))
+        lines.append(f"| {name} | {e.get('version')} | {run} | {step} | {t.get('collect_seconds', 0):.1f} |")
     for pair, a in results.get("agreement", {}).items():
         lines.append("")
         lines.append(f"Cross-backend agreement {pair}: identical predictions at every step for "

@@ -50,7 +50,6 @@ def native_net(name: str, snn: nn.Module) -> nn.Module:
     if name == "spikingjelly":
         return net  # already plain SpikingJelly modules: IFNode + a scaling wrapper
     import snntorch
-
     from snncutoff_snntorch import IFNeuron
 
     class Scaled(nn.Module):
@@ -138,7 +137,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         p = (sc.TopKGap(epsilon) if policy == "topk" else sc.Conformal(epsilon)).fit(cal)
         x_seq = sc.encode(x, T)
 
-        def full(b=b, snn=snn):
+        def full(b=b, snn=snn, x_seq=x_seq):
             b.reset(snn)
             for t in range(T):
                 b.step(snn, x_seq[t])
