@@ -5,8 +5,10 @@
   [0, 1] then standardised with the training mean and std; tensors ``[N, 1, 8, 8]``.
 - ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision, read from
   ``data_dir``; never downloaded unless ``download=True``.
-- ``cifar10-dvs``, ``dvs128-gesture``, ``n-mnist``: SpikingJelly's data set classes as
-  frames ``[N, T, 2, H, W]`` (use ``encoder="frames"``), imported only when asked.
+- ``cifar10-dvs``, ``dvs128-gesture``, ``n-mnist``: event frames ``[N, T, 2, H, W]`` (use
+  ``encoder="frames"``), ``split_by="number"``. Frames SpikingJelly already integrated
+  (``<data_dir>/frames_number_<T>_split_by_number/``) are read directly; otherwise
+  SpikingJelly's data set classes build them from the raw files (imported only then).
 
 A missing data set raises :class:`DatasetNotFoundError` naming the expected files and how
 to get them.
@@ -145,43 +147,79 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataSp
                      classes, channels, size)
 
 
-class _Frames(Dataset):
-    """SpikingJelly frame samples as float tensors ``[T, 2, H, W]``."""
+class FrameFolder(Dataset):
+    """Event frames already integrated by SpikingJelly, read without importing SpikingJelly.
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
+    SpikingJelly writes each sample as ``<root>/<class>/<name>.npz`` holding ``frames``
+    (``[T, 2, H, W]``); classes are indexed in sorted folder-name order, as its
+    ``DatasetFolder`` does. Items are ``(float32 tensor [T, 2, H, W], label)``.
+    """
+
+    def __init__(self, root: Path, files: list[tuple[Path, int]] | None = None) -> None:
+        self.root = Path(root)
+        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
+        self.classes = classes
+        self.files = files if files is not None else [
+            (f, i) for i, c in enumerate(classes) for f in sorted((self.root / c).glob("*.npz"))]
+        if not self.files:
+            raise DatasetNotFoundError(f"no <class>/*.npz frame files under {self.root}")
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        x, y = self.base[i]
-        return torch.as_tensor(x, dtype=torch.float32), int(y)
+        import numpy as np
+
+        path, label = self.files[i]
+        with np.load(path) as f:
+            return torch.from_numpy(np.asarray(f["frames"], dtype=np.float32)), label
+
+
+def _split_per_class(folder: FrameFolder, train_ratio: float = 0.9, seed: int = 0) -> tuple[FrameFolder, FrameFolder]:
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for label in range(len(folder.classes)):
+        items = [f for f in folder.files if f[1] == label]
+        order = torch.randperm(len(items), generator=g).tolist()
+        cut = int(round(train_ratio * len(items)))
+        train += [items[j] for j in order[:cut]]
+        test += [items[j] for j in order[cut:]]
+    return FrameFolder(folder.root, train), FrameFolder(folder.root, test)
 
 
 def _event(name: str, root: Path, T: int, download: bool) -> DataSplit:
+    sub, cls_name, classes, size, files, how = _DVS[name]
+    frames = root / f"frames_number_{T}_split_by_number"
+    if not frames.is_dir():
+        _integrate_with_spikingjelly(name, root, T, download)
+    if name == "cifar10-dvs":  # published without a split: 90 / 10 per class, seeded
+        train, test = _split_per_class(FrameFolder(frames))
+    else:
+        train, test = FrameFolder(frames / "train"), FrameFolder(frames / "test")
+    return DataSplit(name, train, test, classes, 2, size, event=True)
+
+
+def _integrate_with_spikingjelly(name: str, root: Path, T: int, download: bool) -> None:
+    """Let SpikingJelly turn the raw events into T frames per sample (written under ``root``)."""
     import importlib
 
-    sub, cls_name, classes, size, files, how = _DVS[name]
+    sub, cls_name, _, _, files, how = _DVS[name]
     if not download and not (root / "download").exists() and not (root / "events_np").exists():
-        raise DatasetNotFoundError(f"{name} not found under {root}: expected {files}. {how}")
+        raise DatasetNotFoundError(
+            f"{name} not found under {root}: expected frames_number_{T}_split_by_number/ (SpikingJelly's frames) or "
+            f"the raw files {files}. {how}"
+        )
     try:
         module = importlib.import_module(f"spikingjelly.datasets.{sub}")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - missing torchvision / torchaudio / h5py surface differently
         raise ImportError(
-            f"{name} is read with SpikingJelly's data set classes, which need spikingjelly with torchvision "
-            f"(and torchaudio for 2.x): {exc}"
+            f"turning raw {name} events into frames uses SpikingJelly's data set classes, which need the full "
+            f"SpikingJelly install (torchvision, and torchaudio for 2.x): {exc}"
         ) from exc
     cls = getattr(module, cls_name)
     kw = dict(data_type="frame", frames_number=T, split_by="number")
     if name == "cifar10-dvs":
-        full = cls(str(root), **kw)
-        n = len(full)
-        g = torch.Generator().manual_seed(0)
-        perm = torch.randperm(n, generator=g).tolist()
-        cut = int(0.9 * n)
-        train = torch.utils.data.Subset(full, perm[:cut])
-        test = torch.utils.data.Subset(full, perm[cut:])
+        cls(str(root), **kw)
     else:
-        train, test = cls(str(root), train=True, **kw), cls(str(root), train=False, **kw)
-    return DataSplit(name, _Frames(train), _Frames(test), classes, 2, size, event=True)
+        cls(str(root), train=True, **kw)
+        cls(str(root), train=False, **kw)

@@ -247,7 +247,7 @@ class Trainer:
                     loss = loss + c.rcs_alpha * penalty(out, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss became {float(loss)} at epoch {epoch + 1}; lower the learning rate (now {c.lr})")
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1}; lower the learning rate (now {c.lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -148,6 +148,8 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
                    "with that framework's LIF neurons from the same initial weights.")
 @click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policies.")
 @click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L (convert route).")
+@click.option("--rcs-alpha", default=0.0, show_default=True, type=float,
+              help="Weight of the RCS regulariser in training (0: off).")
 @handle_errors
 def compare(output_dir, quiet, as_json, **kw) -> None:
     """The main job: train (or reuse) a network, run it in every backend, compare cutoff efficiency.
@@ -177,6 +179,7 @@ def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
 @click.option("--route", default="convert", show_default=True, help="convert (QCFS ANN) or direct (SNN).")
 @click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L.")
 @click.option("--lr", default=None, type=float, help="Learning rate.")
+@click.option("--rcs-alpha", default=0.0, show_default=True, type=float, help="Weight of the RCS regulariser.")
 @click.option("--resume", is_flag=True, help="Continue from <output-dir>/last.pt.")
 @handle_errors
 def train(output_dir, quiet, as_json, resume, **kw) -> None:

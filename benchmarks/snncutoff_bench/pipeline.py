@@ -47,6 +47,7 @@ class BenchConfig:
     batch_size: int = 128
     lr: float | None = None
     levels: int = 8
+    rcs_alpha: float = 0.0
     policies: tuple[str, ...] = POLICIES
     confidence_epsilon: float = 0.001
     conformal_alpha: float = 0.05
@@ -61,7 +62,7 @@ class BenchConfig:
         lr = self.lr if self.lr is not None else (3e-3 if self.dataset == "digits" else 1e-3)
         T_train = min(self.T, 8) if direct else self.T
         return TrainConfig(epochs=epochs, lr=lr, seed=self.seed, batch_size=self.batch_size, T=T_train,
-                           loss="tet" if direct else "ce",
+                           loss="tet" if direct else "ce", rcs_alpha=self.rcs_alpha,
                            encoder="frames" if self.dataset in ("cifar10-dvs", "dvs128-gesture", "n-mnist")
                            else "direct")
 

@@ -1,0 +1,232 @@
+"""Data sets, models, the trainer (checkpoints, resume, RCS), TEBN and DDP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import snncutoff as sc
+from snncutoff import data, models
+from snncutoff.data import DatasetNotFoundError
+from snncutoff.layers import TEBN
+from snncutoff.losses import MeanOutputLoss, TETLoss
+from snncutoff.regularizers import rcs_ann, rcs_snn
+from snncutoff.train import TrainConfig, Trainer, load_model, seed_everything
+
+from .helpers import backend_or_skip
+
+
+def test_digits_split_is_fixed_and_normalised():
+    a, b = data.digits(), data.digits()
+    assert len(a.train) == 1347 and len(a.test) == 450
+    assert torch.equal(a.train.tensors[0], b.train.tensors[0])
+    x = a.train.tensors[0]
+    assert x.shape[1:] == (1, 8, 8) and abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
+
+
+def test_unknown_and_missing_data_sets(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set 'svhn'"):
+        data.load("svhn", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="pass data_dir"):
+        data.load("mnist")
+    with pytest.raises(DatasetNotFoundError, match=r"mnist not found: expected .*train-images-idx3-ubyte.*download"):
+        data.load("mnist", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"frames_number_8_split_by_number.*DvsGesture.tar.gz"):
+        data.load("dvs128-gesture", tmp_path, T=8)
+
+
+def _write_frames(root: Path, T: int, classes: int, per_class: int, split: bool, size: int = 16) -> None:
+    g = np.random.default_rng(0)
+    base = root / f"frames_number_{T}_split_by_number"
+    for part in (["train", "test"] if split else [""]):
+        for c in range(classes):
+            d = base / part / str(c)
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                frames = (g.random((T, 2, size, size)) < 0.1 + 0.1 * c).astype(np.float32)
+                np.savez_compressed(d / f"{i}.npz", frames=frames)
+
+
+def test_event_frames_in_spikingjelly_layout_run_end_to_end(tmp_path):
+    _write_frames(tmp_path, T=4, classes=3, per_class=5, split=True)
+    split = data.load("n-mnist", tmp_path, T=4)
+    assert split.event and len(split.train) == 15 and len(split.test) == 15
+    x, y = next(iter(split.loaders(batch_size=6)[1]))
+    assert x.shape == (6, 4, 2, 16, 16) and x.dtype == torch.float32
+    b = backend_or_skip("snntorch")
+    ann = models.get("cnn", 10, in_channels=2, input_size=16).eval()
+    snn = b.convert(ann, sc.IF(threshold=1.0))
+    trace = sc.collect_trace(b, snn, split.loaders(batch_size=6)[1], T=4, encoder="frames", progress=False)
+    assert (trace.T, trace.N) == (4, 15)
+    with pytest.raises(ValueError, match="holds 4 frames, fewer than T = 6"):
+        sc.collect_trace(b, snn, split.loaders(batch_size=6)[1], T=6, encoder="frames", progress=False)
+
+
+def test_cifar10_dvs_frames_are_split_per_class(tmp_path):
+    _write_frames(tmp_path, T=2, classes=2, per_class=10, split=False, size=8)
+    split = data.load("cifar10-dvs", tmp_path, T=2)
+    assert len(split.train) == 18 and len(split.test) == 2
+    assert sorted(lbl for _, lbl in split.test.files) == [0, 1]
+
+
+def test_models_build():
+    for name in models.MODELS:
+        size, ch = (48, 2) if name == "vggsnn" else (32, 3)
+        assert models.get(name, 7, ch, size)(torch.randn(2, ch, size, size)).shape == (2, 7)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get("lenet")
+
+
+def test_losses():
+    out = torch.randn(4, 6, 3)
+    y = torch.randint(0, 3, (6,))
+    assert torch.allclose(MeanOutputLoss()(out, y), nn.functional.cross_entropy(out.mean(0), y))
+    per_step = torch.stack([nn.functional.cross_entropy(out[t], y) for t in range(4)]).mean()
+    assert torch.allclose(TETLoss(0.0)(out, y), per_step)
+    mse = ((out - 1.0) ** 2).mean()
+    assert torch.allclose(TETLoss(0.05)(out, y), 0.95 * per_step + 0.05 * mse)
+    with pytest.raises(ValueError, match=r"\[T, N, C\]"):
+        TETLoss()(out[0], y)
+
+
+def test_tebn_normalises_over_time_and_batch():
+    torch.manual_seed(0)
+    m = TEBN(3, T=4)
+    x = torch.randn(4, 5, 3, 2, 2) * 3 + 1
+    with torch.no_grad():
+        m.scale.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    y = m(x)
+    ref = nn.functional.batch_norm(x.flatten(0, 1), None, None, training=True).view(x.shape)
+    assert torch.allclose(y, ref * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="T <= 4"):
+        m(torch.randn(5, 2, 3, 2, 2))
+
+
+def test_tebn_in_a_spikingjelly_multistep_net():
+    b = backend_or_skip("spikingjelly")
+    ann = models.get("cnn")
+    snn = b.convert(ann, spec=sc.LIF(), step_mode="m", tebn=4)
+    assert sum(isinstance(m, TEBN) for m in snn.modules()) == 3
+    out = b.run(snn, torch.randn(4, 2, 1, 8, 8))
+    assert out.shape == (4, 2, 10)
+    out.sum().backward()
+    with pytest.raises(ValueError, match="multi-step"):
+        backend_or_skip("snntorch").convert(ann, spec=sc.LIF(), tebn=4)
+
+
+def test_rcs_penalties():
+    a = [torch.tensor([[1.0, 1.0], [2.0, 0.0]])]
+    correct = torch.tensor([True, True])
+    # batch max 2; RMS per sample: 1 and sqrt(2) -> mean(2/1, 2/sqrt(2))
+    assert float(rcs_ann(a, correct)) == pytest.approx((2 / (1 + 1e-5) ** 0.5 + 2 / (2 + 1e-5) ** 0.5) / 2)
+    # SNN: constant activity over time has cosine 1 -> penalty ~ 1; a changing one is larger
+    s = torch.ones(4, 2, 3)
+    v = torch.zeros(4, 2, 3)
+    out = torch.zeros(4, 2, 2)
+    out[..., 0] = 1.0
+    y = torch.tensor([0, 0])
+    assert float(rcs_snn([s], [v], out, y)) == pytest.approx(1.0, abs=1e-3)
+    s2 = s.clone()
+    s2[0] = torch.tensor([1.0, 0.0, 0.0])
+    assert float(rcs_snn([s2], [v], out, y)) > 1.01
+
+
+@pytest.mark.parametrize("name", ["snntorch", "spikingjelly"])
+def test_rcs_trains_an_snn(name):
+    b = backend_or_skip(name)
+    seed_everything(0)
+    snn = b.convert(models.get("cnn"), spec=sc.LIF(), step_mode="m" if name == "spikingjelly" else "s")
+    train, test = data.digits().loaders(batch_size=128)
+    t = Trainer(snn, TrainConfig(epochs=2, lr=3e-3, T=4, loss="tet", rcs_alpha=0.1), backend=b, progress=False)
+    t.fit(train, test)
+    # (test accuracy lags in multi-step SpikingJelly: its BatchNorm sees T x fewer updates per batch)
+    assert t.history_[-1]["loss"] < t.history_[0]["loss"] and t.history_[-1]["train_accuracy"] > 0.8
+
+
+def test_rcs_trains_an_ann():
+    seed_everything(0)
+    ann = sc.constraints.apply(models.get("cnn"), "qcfs", levels=4, threshold=4.0)
+    train, test = data.digits().loaders(batch_size=128)
+    t = Trainer(ann, TrainConfig(epochs=3, lr=3e-3, rcs_alpha=0.01), progress=False).fit(train, test)
+    assert t.history_[-1]["test_accuracy"] > 0.8
+    with pytest.raises(ValueError, match="constraint activations"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=1, rcs_alpha=0.1), progress=False).fit(train)
+
+
+def test_checkpoints_resume_and_load(tmp_path):
+    train, test = data.digits().loaders(batch_size=256)
+    cfg = TrainConfig(epochs=2, lr=3e-3)
+    seed_everything(0)
+    full = Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "a", progress=False).fit(train, test)
+    seed_everything(0)
+    one = Trainer(models.get("cnn"), TrainConfig(epochs=2, lr=3e-3), checkpoint_dir=tmp_path / "b", progress=False)
+    # interrupt after one epoch: emulate by training a 1-epoch-history checkpoint, then resume
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and set(ckpt) >= {"model", "optimizer", "scheduler", "config", "best_accuracy"}
+    assert (tmp_path / "a" / "best.pt").exists()
+    resumed = Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
+    resumed.fit(train, test)  # nothing left to do: 2 of 2 epochs done
+    assert resumed.history_ == full.history_
+    with pytest.raises(ValueError, match="different config"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=3), checkpoint_dir=tmp_path / "a", resume=True,
+                progress=False).fit(train)
+    m = load_model(models.get("cnn"), tmp_path / "a" / "best.pt")
+    assert isinstance(m, nn.Module)
+    with pytest.raises(ValueError, match="does not match"):
+        load_model(models.get("resnet20"), tmp_path / "a" / "best.pt")
+    del one
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    train, test = data.digits().loaders(batch_size=256)
+    seed_everything(0)
+    Trainer(models.get("cnn"), TrainConfig(epochs=3, lr=3e-3), checkpoint_dir=tmp_path, progress=False).fit(train)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    ckpt["epoch"] = 1  # as if it had stopped after the first epoch
+    ckpt["history"] = ckpt["history"][:1]
+    torch.save(ckpt, tmp_path / "last.pt")
+    t = Trainer(models.get("cnn"), TrainConfig(epochs=3, lr=3e-3), checkpoint_dir=tmp_path, resume=True,
+                progress=False).fit(train)
+    assert [h["epoch"] for h in t.history_] == [1, 2, 3]
+
+
+def test_trainer_errors():
+    with pytest.raises(ValueError, match="for SNNs"):
+        Trainer(models.get("cnn"), TrainConfig(loss="tet"))
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="hinge")
+    net = models.get("cnn")
+    with torch.no_grad():
+        net[-1].bias.fill_(float("nan"))
+    train, _ = data.digits().loaders(batch_size=256)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        Trainer(net, TrainConfig(epochs=1), progress=False).fit(train)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    params = [k for k, _ in models.get("cnn").named_parameters()]  # BN running stats stay per rank
+    assert params and all(torch.equal(w0[k], w1[k]) for k in params)
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert (tmp_path / "ckpt" / "last.pt").exists() and not (tmp_path / "ckpt-rank1").exists()
