@@ -246,8 +246,8 @@ class Trainer:
                 if c.rcs_alpha > 0:
                     loss = loss + c.rcs_alpha * penalty(out, y)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {float(loss.detach())} at epoch {epoch + 1}; lower the learning rate (now {c.lr})")
+                    raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch + 1}; "
+                                             f"lower the learning rate (now {c.lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
