@@ -97,6 +97,7 @@ def stream_early_exit(
         backend = _backends.get(backend)
     T = _resolve_T(policy, T)
     multistep = backend.is_multistep(net)
+    stateful = backend.stateful_modules(net)  # found once, not at every exit
     was_training = net.training
     net.eval()
     backend.reset(net)
@@ -128,7 +129,8 @@ def stream_early_exit(
                 keep = (~done).nonzero().flatten()
                 if keep.numel() == 0:
                     return
-                backend.select(net, keep)
+                for m in stateful:
+                    backend.select_module(m, keep)
                 running, cum = running[keep.to(running.device)], cum[keep]
                 if spent is not None:
                     spent = spent[keep]

@@ -145,14 +145,19 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         def early(b=b, snn=snn, p=p):
             return sc.early_exit(b, snn, x, p, T)
 
+        def never(b=b, snn=snn):  # Confidence(0) never exits before T: the streaming loop's overhead
+            return sc.early_exit(b, snn, x, sc.Confidence(0.0), T)
+
         with torch.no_grad():
             t_full = _best(full, repeats, cuda)
             t_early = _best(early, repeats, cuda)
+            t_never = _best(never, repeats, cuda)
         steps, _, _ = early()
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
         out["backends"][name] = {
             "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
+            "no_exit_seconds": t_never, "no_exit_overhead": t_never / t_full - 1.0,
         }
     return out
