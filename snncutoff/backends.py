@@ -242,8 +242,20 @@ def register(name: str, factory: Callable[[], Any]) -> None:
     _instances.pop(name, None)
 
 
+# the adapters shipped with snncutoff, used when run from a source tree that was not
+# pip-installed (no entry points registered); an installed entry point takes precedence
+_BUILTIN = {
+    "spikingjelly": "snncutoff_spikingjelly:SpikingJellyBackend",
+    "snntorch": "snncutoff_snntorch:SnnTorchBackend",
+}
+
+
 def _entry_points() -> dict[str, md.EntryPoint]:
-    return {ep.name: ep for ep in md.entry_points(group=GROUP)}
+    found = {ep.name: ep for ep in md.entry_points(group=GROUP)}
+    for name, target in _BUILTIN.items():
+        if name not in found:
+            found[name] = md.EntryPoint(name, target, GROUP)
+    return found
 
 
 def names() -> list[str]:
@@ -265,7 +277,10 @@ def get(name: str) -> Any:
             eps = _entry_points()
             if name not in eps:
                 raise KeyError(f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'}")
-            factory = eps[name].load()
+            try:
+                factory = eps[name].load()
+            except ImportError as exc:
+                raise ImportError(f"backend {name!r} could not be loaded: {exc}") from exc
         backend = factory()
         ok, why = backend.available()
         if not ok:

@@ -306,14 +306,16 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
               help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
 @click.option("--epsilon", default=0.0, show_default=True, type=float,
               help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
+@click.option("--gpu-kernel", default=None, type=click.Choice(["auto", "cupy", "triton", "torch"]),
+              help="SpikingJelly kernel family (0.0.0.0.14: cupy/torch; 2.x: auto/triton/torch).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Trained-ANN cache for --early-exit (default ~/.cache/snncutoff).")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, cache_dir, output_dir, quiet,
-          as_json) -> None:
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, gpu_kernel, cache_dir, output_dir,
+          quiet, as_json) -> None:
     """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
     from . import speed as sp
 
@@ -339,7 +341,7 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
                  f"{100 * e['no_exit_overhead']:+.1f}% |" for n, e in results["backends"].items()]
     else:
         size, ch = (8, 1) if model == "cnn" else (32, 3)
-        results = sp.backend_paths(model, size, ch, batch_size, T, names, device, repeats)
+        results = sp.backend_paths(model, size, ch, batch_size, T, names, device, repeats, gpu_kernel)
         rows = ["| backend | native ms/step | adapter step ms/step | adapter run ms/step | adapter overhead | "
                 "run / step |", "|---|---:|---:|---:|---:|---:|"]
         rows += [f"| {n} | {e['native_ms_per_step']:.3f} | {e['step_ms_per_step']:.3f} | {e['run_ms_per_step']:.3f} | "

@@ -68,16 +68,31 @@ def native_net(name: str, snn: nn.Module) -> nn.Module:
     return net
 
 
+def _backend(name: str, gpu_kernel: str | None):
+    if name == "spikingjelly" and gpu_kernel is not None:
+        from snncutoff_spikingjelly import SpikingJellyBackend
+
+        return SpikingJellyBackend(gpu_kernel)
+    return backends.get(name)
+
+
 def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: int = 128, T: int = 16,
-                  names: list[str] | None = None, device: str = "cpu", repeats: int = 3) -> dict:
-    """Milliseconds per step: native loop, adapter ``step`` loop, adapter ``run`` (multi-step where offered)."""
+                  names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
+                  gpu_kernel: str | None = None) -> dict:
+    """Milliseconds per step: native loop, adapter ``step`` loop, adapter ``run`` (multi-step where offered).
+
+    ``gpu_kernel`` picks SpikingJelly's kernel family (see ``SpikingJellyBackend``).
+    """
     cuda = device.startswith("cuda")
     x = torch.randn(batch, channels, size, size, device=device)
     x_seq = sc.encode(x, T)
     ann = _qcfs(model, channels, size)
-    out = {"model": model, "input": [batch, channels, size, size], "T": T, "device": device, "backends": {}}
+    out = {"model": model, "input": [batch, channels, size, size], "T": T, "device": device,
+           "gpu_kernel": gpu_kernel, "backends": {}}
     for name in names or [n for n in backends.names() if backends.available(n)[0]]:
-        b = backends.get(name)
+        b = _backend(name, gpu_kernel)
+        if hasattr(b, "kernel"):
+            out["spikingjelly_kernel"] = b.kernel()
         single = b.convert(ann).to(device)
         multi = b.convert(ann, step_mode="m").to(device) if name == "spikingjelly" else single
         native = native_net(name, single).to(device)
