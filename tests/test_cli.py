@@ -4,9 +4,9 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from snncutoff_bench.cli import main
 
 from snncutoff import backends
+from snncutoff_bench.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,32 +11,9 @@ import pytest
 import torch
 
 from snncutoff import Confidence, Conformal, TopKGap, Trace
+from snncutoff_bench.core_speed import loop_grid_beta  # the SNNCutoff procedure as a plain loop
 
 from .conftest import make_trace
-
-
-def loop_grid_beta(trace: Trace, epsilon: float, bins: int = 100) -> torch.Tensor:
-    out = trace.outputs
-    T = out.shape[0]
-    top = torch.topk(out, 2, dim=-1).values
-    gaps = top[..., 0] - top[..., 1]
-    pred = (out.softmax(-1).max(-1)[1] == trace.labels).float()
-    for t in range(T - 1, 0, -1):
-        pred[t - 1] = pred[t] * pred[t - 1]
-    disc = (gaps.max() - 0) / bins
-    betas, counts = [], []
-    for m in range(bins):
-        beta_m = m * disc
-        row = []
-        for t in range(T):
-            kept = (gaps[t] > beta_m).float()
-            row.append(torch.tensor([(kept * pred[t]).sum(), kept.sum()]))
-        betas.append(beta_m)
-        counts.append(torch.stack(row))
-    betas, counts = torch.stack(betas), torch.stack(counts)
-    conf = counts[..., 0] / counts[..., 1]
-    conf[-1] = 1.0
-    return betas[(conf >= 1 - epsilon).float().argmax(0)]
 
 
 def loop_exits(scores: torch.Tensor, passes) -> list[int]:

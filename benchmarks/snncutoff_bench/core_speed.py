@@ -26,8 +26,8 @@ def synthetic_trace(T: int, N: int, C: int, seed: int) -> Trace:
     return Trace(y.cumsum_(0), labels)
 
 
-def loop_grid_fit_evaluate(cal: Trace, test: Trace, epsilon: float, bins: int = 100) -> torch.Tensor:
-    """The baseline: per-threshold Python loop of the grid search, then the exit rule."""
+def loop_grid_beta(cal: Trace, epsilon: float, bins: int = 100) -> torch.Tensor:
+    """The SNNCutoff grid search written as a per-threshold, per-step Python loop (``[T]`` betas)."""
     out = cal.outputs
     T = out.shape[0]
     top = torch.topk(out, 2, dim=-1).values
@@ -48,7 +48,12 @@ def loop_grid_fit_evaluate(cal: Trace, test: Trace, epsilon: float, bins: int = 
     betas, counts = torch.stack(betas), torch.stack(counts)
     conf = counts[..., 0] / counts[..., 1]
     conf[-1] = 1.0
-    beta = betas[(conf >= 1 - epsilon).float().argmax(0)]
+    return betas[(conf >= 1 - epsilon).float().argmax(0)]
+
+
+def loop_grid_fit_evaluate(cal: Trace, test: Trace, epsilon: float, bins: int = 100) -> torch.Tensor:
+    """The baseline: :func:`loop_grid_beta`, then the exit rule on the test trace (``[N]`` exit steps)."""
+    beta = loop_grid_beta(cal, epsilon, bins)
     ttop = torch.topk(test.outputs, 2, dim=-1).values
     mask = ((ttop[..., 0] - ttop[..., 1]) > beta.view(-1, 1)).float()
     mask[-1] = 1.0

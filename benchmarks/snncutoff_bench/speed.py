@@ -50,6 +50,7 @@ def native_net(name: str, snn: nn.Module) -> nn.Module:
     if name == "spikingjelly":
         return net  # already plain SpikingJelly modules: IFNode + a scaling wrapper
     import snntorch
+
     from snncutoff_snntorch import IFNeuron
 
     class Scaled(nn.Module):
