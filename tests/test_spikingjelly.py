@@ -96,3 +96,31 @@ def test_cupy_kernel_matches_torch():
         net = b.convert(ann, calibration=data, step_mode="m").cuda()
         outs.append(sc.collect_trace(b, net, data, T=8, device="cuda", progress=False).outputs)
     assert float((outs[0] - outs[1]).abs().max()) < 1e-4
+
+
+def test_operation_counts_agree_with_spikingjellys_op_counter():
+    """SpikingJelly 2.x counts SynOps (binary inputs) and MACs (the rest) on its own; the totals match ours."""
+    try:
+        from spikingjelly.activation_based import op_counter
+    except ImportError:
+        pytest.skip("this SpikingJelly has no op_counter (0.0.0.0.14)")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), neuron.IFNode(), layer.AvgPool2d(2), layer.Flatten(),
+                              layer.Linear(8 * 4 * 4, 32), neuron.IFNode(), layer.Linear(32, 10), neuron.IFNode(),
+                              layer.Linear(10, 10))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_(3)
+    x = torch.randn(16, 1, 8, 8)
+    b = sc.backends.get("spikingjelly")
+    trace = sc.collect_trace(b, net, [(x, torch.zeros(16, dtype=torch.long))], T=4, count_ops=True, progress=False)
+    syn, mac = op_counter.SynOpCounter(), op_counter.MACCounter()
+    functional.reset_net(net)
+    with torch.no_grad(), op_counter.DispatchCounterMode([syn, mac]):
+        for _ in range(4):
+            net(x)
+    assert syn.get_total() > 0
+    assert float(trace.ops.sum()) == syn.get_total() + mac.get_total()
