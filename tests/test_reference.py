@@ -37,7 +37,7 @@ def loop_conformal_snncutoff(trace: Trace, alpha: float) -> torch.Tensor:
         s = sorted(s) + [math.inf]
         k = math.ceil(float(torch.tensor((1 - alpha) * (len(s) + 1)))) - 1
         q.append(s[k - 1])
-    return torch.tensor(q, dtype=torch.float32)
+    return torch.tensor(q, dtype=trace.outputs.dtype)
 
 
 CASES = [
@@ -132,3 +132,16 @@ def loop_exact_beta(trace: Trace, epsilon: float) -> list[float]:
 def test_exact_search_matches_the_loop(epsilon):
     tr = make_trace(T=5, N=60, C=3, seed=11, signal=0.8)
     assert TopKGap(epsilon).fit(tr).beta_.tolist() == loop_exact_beta(tr, epsilon)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.01, 0.1])
+def test_float64_traces_follow_the_reference_arithmetic(epsilon):
+    tr32 = make_trace(T=6, N=200, C=5, seed=21, signal=0.6)
+    tr = Trace(tr32.outputs.double(), tr32.labels)
+    p = TopKGap(epsilon, search="grid").fit(tr)
+    assert p.beta_.dtype == torch.float64 and torch.equal(p.beta_, loop_grid_beta(tr, epsilon))
+    conf = tr.outputs.softmax(-1).max(-1).values
+    expected = loop_exits(conf, lambda c, t: bool(c > (1.0 - epsilon)))
+    assert Confidence(epsilon).evaluate(tr).exit_step.tolist() == expected
+    q = loop_conformal_snncutoff(tr, 0.1)
+    assert torch.equal(Conformal(0.1, quantile="snncutoff").fit(tr).quantile_, q)

@@ -97,7 +97,8 @@ class CutoffPolicy:
         return self._thresholds(None, [getattr(self, self.param)], trace.T)[0]
 
     def _passes(self, scores: Tensor, thresholds: Tensor) -> Tensor:
-        thresholds = thresholds.to(scores.device)
+        # in the scores' dtype, as a Python-float threshold compared with them would be
+        thresholds = thresholds.to(device=scores.device, dtype=scores.dtype)
         return scores > thresholds if self.strict else scores >= thresholds
 
     # ------------------------------------------------------------ public API

@@ -2,8 +2,8 @@ r"""``Confidence``: exit once the softmax of the cumulative output is confident 
 
 .. math::  \text{exit at the first } t \text{ with } \max_c \operatorname{softmax}(O_t)_c > 1 - \epsilon
 
-computed in float32 with a strict comparison (as the SNNCutoff code does); nothing is
-learned from calibration data.
+computed in the outputs' dtype (float32 for traces collected by snncutoff) with a strict
+comparison, as the SNNCutoff code does; nothing is learned from calibration data.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ class Confidence(CutoffPolicy):
 
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
         levels = [1.0 - check_unit_interval("epsilon", v) for v in values]
-        # float32, as a Python scalar compared with a float32 tensor would be rounded
-        return torch.tensor(levels, dtype=torch.float32).view(-1, 1).expand(-1, T)
+        # float64 here; rounded to the scores' dtype when compared (see CutoffPolicy._passes)
+        return torch.tensor(levels, dtype=torch.float64).view(-1, 1).expand(-1, T)
 
     def _fitted_thresholds(self) -> Tensor:
         return self._thresholds(None, [self.epsilon], self.T_)[0]

@@ -193,21 +193,20 @@ def exact_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float
 def grid_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float], bins: int = 100) -> Tensor:
     r"""The SNNCutoff code's grid search for :math:`\beta_t`, reproduced bit for bit.
 
-    One grid for all steps, ``grid[m] = float32(m * float32(max(gaps) / bins))``; a sample
-    counts at (m, t) when ``gap_t > grid[m]``; ``conf[m, t]`` = settled / counted in
+    One grid for all steps, ``grid[m] = m * (max(gaps) / bins)`` in the gaps' dtype; a
+    sample counts at (m, t) when ``gap_t > grid[m]``; ``conf[m, t]`` = settled / counted in
     float32 (an empty bin is NaN and never passes); the last row is forced to pass; the
     threshold is the first grid value with ``conf >= 1 - epsilon`` (float32 compare).
 
     Args:
-        gaps: ``[T, N]`` float32; settled: ``[T, N]`` bool (argmax of *softmax* correct at t
-            and every later step); epsilons: E values; bins: grid size.
+        gaps: ``[T, N]``; settled: ``[T, N]`` bool (argmax of *softmax* correct at t and
+            every later step); epsilons: E values; bins: grid size.
     Returns:
-        ``[E, T]`` float32 thresholds.
+        ``[E, T]`` thresholds in the gaps' dtype.
     """
-    gaps = gaps.float()
     T, N = gaps.shape
     disc = gaps.max() / bins
-    grid = torch.arange(bins, dtype=torch.float32, device=gaps.device) * disc  # [M]
+    grid = torch.arange(bins, dtype=gaps.dtype, device=gaps.device) * disc  # [M], the gaps' dtype
     s, cum, asc = _sorted_counts(gaps, settled)
     # kept[t, m] = #(gap_t > grid[m]) = position of -grid[m] in the ascending -s
     kept = torch.searchsorted(asc, (-grid).expand(T, -1).contiguous(), side="left")  # [T, M]
