@@ -49,9 +49,9 @@ class Backend:
 
     Readout (how a network's raw output becomes ``y_t``): ``"auto"`` (default) takes a
     tensor as it is and the first element of a tuple (snnTorch's ``(spk, mem)``: spike
-    counts accumulate into the trace); ``"spikes"`` the same; ``"membrane"`` the second
-    element of a tuple, or the membrane of the last spiking layer; or a callable
-    ``output -> y_t``.
+    counts accumulate into the trace); ``"spikes"`` the same; ``"membrane"`` the last
+    element of a tuple (``mem`` of snnTorch's ``(spk, mem)`` or ``(spk, syn, mem)``), or the
+    membrane of the last spiking layer; or a callable ``output -> y_t``.
     """
 
     name: ClassVar[str] = "backend"
@@ -191,7 +191,7 @@ class Backend:
             return out[0] if isinstance(out, (tuple, list)) else out
         if readout == "membrane":
             if isinstance(out, (tuple, list)):
-                return out[1]
+                return out[-1]
             layers = self.spiking_layers(net)
             v = self.membrane_of(layers[-1][1]) if layers else None
             if v is None:

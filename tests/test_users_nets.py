@@ -181,3 +181,35 @@ def test_snntorch_tutorial_module_that_loops_over_time():
     assert spikes.ops.shape == (10, 64)
     with pytest.raises(ValueError, match=r"\[T, N, C\] = \[8, N, C\]"):
         sc.collect_trace(backend, net, DATA, T=8, encoder="none", multistep=True, progress=False)
+
+
+def test_snntorch_synaptic_neurons_and_rate_coding():
+    snn = _snntorch()
+    from snntorch import spikegen
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), snn.Synaptic(alpha=0.8, beta=0.9, init_hidden=True),
+                        nn.Linear(32, 10), snn.Synaptic(alpha=0.8, beta=0.9, init_hidden=True, output=True))
+    backend = sc.backends.get("snntorch")
+    data = [(torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)))]
+    torch.manual_seed(1)
+    rate = sc.collect_trace(backend, net, data, T=6, encoder=lambda x, T: spikegen.rate(x, num_steps=T),
+                            readout="membrane", progress=False)
+    with torch.no_grad():  # the same by hand: reset, feed the same Poisson spikes, read mem
+        torch.manual_seed(1)
+        x_seq = spikegen.rate(data[0][0], num_steps=6)
+        for m in net.modules():
+            for name in ("syn", "mem"):
+                if isinstance(getattr(m, name, None), torch.Tensor):
+                    setattr(m, name, torch.zeros(0))
+        mems = torch.stack([net(x_seq[t])[-1] for t in range(6)])
+    assert torch.allclose(rate.per_step_outputs(), mems, atol=1e-5)
+    # select keeps syn and mem rows of both layers
+    x_seq = x_seq[:, :4]
+    backend.reset(net)
+    full = backend.run(net, x_seq)
+    backend.reset(net)
+    backend.run(net, x_seq[:2])
+    keep = torch.tensor([3, 1])
+    backend.select(net, keep)
+    assert torch.equal(backend.run(net, x_seq[2:, keep]), full[2:, keep])
