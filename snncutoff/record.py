@@ -5,12 +5,14 @@ Operations of one step for sample n (the ``ops`` of a :class:`~snncutoff.Trace`)
 .. math::  \mathrm{ops}_n = \sum_{\ell \text{ spike-fed}} \sum_i [x^\ell_{n,i} \ne 0]\,\mathrm{fanout}^\ell_i
            \;+\; \sum_{\ell \text{ real-fed}} \mathrm{MAC}^\ell
 
-A synaptic layer (``Conv1d/2d``, ``Linear``) is *spike-fed* when its input takes at most
-one non-zero value (spikes, possibly scaled by a threshold): each spike costs one
-accumulate per synapse it reaches — the fan-out, counted exactly with the layer's
-geometry (padding and stride included). Otherwise (the first layer under direct
-encoding) the layer costs its dense multiply-accumulates. This is the convention of
-SpikingJelly 2.x's ``SynOpCounter`` / ``MACCounter``.
+A synaptic layer (``Conv1d/2d``, ``Linear``) is *spike-fed* for a sample when that
+sample's input takes at most one non-zero value (spikes, possibly scaled by a
+threshold): each spike costs one accumulate per synapse it reaches — the fan-out,
+counted exactly with the layer's geometry (padding and stride included). Otherwise (the
+first layer under direct encoding) the layer costs its dense multiply-accumulates. This
+is the convention of SpikingJelly 2.x's ``SynOpCounter`` / ``MACCounter``, which judge a
+whole batch tensor at once; snncutoff judges each sample, so a count never depends on
+which other samples share the batch (streaming early exit drops samples as they exit).
 """
 
 from __future__ import annotations
@@ -29,32 +31,35 @@ def _unwrap(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def is_spike_like(x: Tensor) -> bool:
-    """True when every non-zero element of ``x`` has the same value (0/1 or 0/theta)."""
-    nz = x[x != 0]
-    return nz.numel() == 0 or bool((nz == nz[0]).all())
+def spike_like_rows(x: Tensor) -> Tensor:
+    """``[B]`` bool: every non-zero element of row b has the same value (0/1 or 0/theta spikes)."""
+    flat = x.flatten(1)
+    nz = flat != 0
+    hi = torch.where(nz, flat, torch.full_like(flat, float("-inf"))).amax(1)
+    lo = torch.where(nz, flat, torch.full_like(flat, float("inf"))).amin(1)
+    return (hi == lo) | ~nz.any(1)
 
 
 def synaptic_ops(layer: nn.Module, x: Tensor) -> Tensor:
     """Per-sample operations of ``layer`` on input ``x`` ``[B, ...]`` (``[B]`` float64).
 
-    Spike-like input: non-zero inputs times their exact fan-out; otherwise dense MACs.
+    Each sample is judged on its own: spike-like input costs its non-zero inputs times
+    their exact fan-out; any other input costs the layer's dense MACs. (Judging each
+    sample alone keeps the count independent of which other samples share the batch.)
     """
     B = x.shape[0]
-    if is_spike_like(x):
-        active = (x != 0).to(torch.float32)
-        if isinstance(layer, nn.Linear):
-            return active.flatten(1).sum(1).double() * layer.out_features
+    active = (x != 0).to(torch.float32)
+    if isinstance(layer, nn.Linear):
+        sops = active.flatten(1).sum(1).double() * layer.out_features
+        macs = float(x[0].numel() // layer.in_features * layer.in_features * layer.out_features)
+    else:
         conv = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv1d
         ones = torch.ones_like(layer.weight, dtype=torch.float32)
         reached = conv(active, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return reached.flatten(1).sum(1).double()
-    if isinstance(layer, nn.Linear):
-        per = x[0].numel() // layer.in_features * layer.in_features * layer.out_features
-        return torch.full((B,), float(per), dtype=torch.float64, device=x.device)
-    k = layer.weight[0].numel()  # in_channels / groups * kernel size
-    spatial = _conv_out_numel(layer, x, 2 if isinstance(layer, nn.Conv2d) else 1)
-    return torch.full((B,), float(spatial * layer.out_channels * k), dtype=torch.float64, device=x.device)
+        sops = reached.flatten(1).sum(1).double()
+        k = layer.weight[0].numel()  # in_channels / groups * kernel size
+        macs = float(_conv_out_numel(layer, x, 2 if isinstance(layer, nn.Conv2d) else 1) * layer.out_channels * k)
+    return torch.where(spike_like_rows(x), sops, torch.full((B,), macs, dtype=torch.float64, device=x.device))
 
 
 def _conv_out_numel(layer: nn.Module, x: Tensor, dims: int) -> int:

@@ -101,3 +101,23 @@ def test_errors():
         sc.early_exit(backend, snn, data[0][0], TopKGap().fit(cal), T=6)
     with pytest.raises(ValueError, match="frames ended after 2 steps"):
         list(sc.stream_early_exit(backend, snn, [data[0][0]] * 2, TopKGap().fit(cal)))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_residual_net_operations_do_not_depend_on_the_batch(name):
+    """A residual sum of two spike trains is real-valued for some samples only: counted per sample."""
+    from snncutoff.models import BasicBlock
+
+    backend = backend_or_skip(name)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), BasicBlock(4, 4),
+                              BasicBlock(4, 8, 2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 10)).eval()
+    data = random_batches(n=48, batches=1, seed=11)
+    snn = backend.convert(net, calibration=data)
+    trace = sc.collect_trace(backend, snn, data, T=10, count_ops=True, progress=False)
+    policy = Confidence(0.75)  # exits spread over the steps for this untrained net
+    post = policy.evaluate(trace)
+    steps, preds, ops = sc.early_exit(backend, snn, data[0][0], policy, T=10, count_ops=True)
+    assert torch.equal(post.exit_step, steps) and torch.equal(post.ops_at_exit, ops)
+    assert len(post.exit_step.unique()) >= 3

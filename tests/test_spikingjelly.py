@@ -36,9 +36,9 @@ def test_residual_block_converts_in_both_step_modes():
     s = b.convert(net, calibration=data)
     m = b.convert(net, calibration=data, step_mode="m")
     assert len(b.spiking_layers(s)) == 3
-    a = sc.collect_trace(b, s, data, T=6, progress=False)
-    c = sc.collect_trace(b, m, data, T=6, progress=False)
-    assert torch.equal(a.outputs, c.outputs)
+    a = sc.collect_trace(b, s, data, T=6, count_ops=True, progress=False)
+    c = sc.collect_trace(b, m, data, T=6, count_ops=True, progress=False)
+    assert torch.equal(a.outputs, c.outputs) and torch.equal(a.ops, c.ops)
 
 
 def test_step_mode_is_checked():
