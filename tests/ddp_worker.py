@@ -19,4 +19,5 @@ trainer = Trainer(model, TrainConfig(epochs=3, lr=3e-3), checkpoint_dir=out / "c
 torch.save(model.state_dict(), out / f"rank{rank}.pt")
 if rank == 0:
     (out / "history.json").write_text(json.dumps(trainer.history_))
+torch.distributed.barrier()  # nobody tears the group down while another rank still uses it
 torch.distributed.destroy_process_group()
