@@ -46,8 +46,9 @@ class IFNeuron(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mem = self.mem if self.mem is not None else torch.full_like(x, self.v_init * self.threshold)
         spk, h = self.lif(x, mem)
-        self.mem = h - spk * self.threshold
-        return spk * self.threshold
+        out = spk * self.threshold
+        self.mem = h - out  # V = H - θS, exactly SpikingJelly's soft reset (θS is exact: S is 0 or 1)
+        return out
 
     def reset(self) -> None:
         """Back to the initial membrane at the next step."""

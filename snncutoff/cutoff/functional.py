@@ -30,6 +30,8 @@ _BUFFER_ROWS = 32768  # rows of the reused buffer of top2_gap
 def _rowwise(outputs: Tensor, fn, n_out: int) -> tuple[Tensor, ...]:
     """Apply ``fn([rows, C]) -> n_out tensors [rows]`` over ``outputs[..., C]`` in chunks."""
     flat = outputs.reshape(-1, outputs.shape[-1])
+    if 0 < flat.shape[0] <= _CHUNK_ROWS:  # one step of a batch (streaming): no copies
+        return tuple(p.reshape(outputs.shape[:-1]) for p in fn(flat))
     outs = None
     for start in range(0, flat.shape[0], _CHUNK_ROWS):
         parts = fn(flat[start : start + _CHUNK_ROWS])
