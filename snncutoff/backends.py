@@ -1,6 +1,7 @@
-"""Backend registry: how the framework-free core finds SNN framework adapters.
+"""Backends: the contract an adapter implements (:class:`Backend`) and the registry.
 
-Adapters register under the entry-point group ``snncutoff.backends`` in their
+:class:`Backend` holds the shared logic of the contract (DESIGN.md); an adapter
+subclasses it and fills in a few framework hooks. Adapters register under the entry-point group ``snncutoff.backends`` in their
 package metadata (snncutoff's own ``pyproject.toml`` registers ``spikingjelly`` and
 ``snntorch``), so a third party adds Norse, Sinabs or Lava-dl by shipping a package
 with::
