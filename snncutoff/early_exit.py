@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .collect import Encoder, _split, encode
 from .cutoff.base import CutoffPolicy
 from .result import CutoffResult
+from .validation import check_finite
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def stream_early_exit(
                 running = torch.arange(frame.shape[0], device=frame.device)
             x = frame if running.numel() == frame.shape[0] else frame[running.to(frame.device)]
             y = backend.run(net, x.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x, readout)
+            check_finite(f"outputs at step {t}", y)
             cum = y.double() if cum is None else cum + y.double()
             out_t = cum.to(y.dtype)
             if rec is not None:

@@ -121,3 +121,13 @@ def test_residual_net_operations_do_not_depend_on_the_batch(name):
     steps, preds, ops = sc.early_exit(backend, snn, data[0][0], policy, T=10, count_ops=True)
     assert torch.equal(post.exit_step, steps) and torch.equal(post.ops_at_exit, ops)
     assert len(post.exit_step.unique()) >= 3
+
+
+def test_nan_outputs_stop_the_stream_with_a_clear_error():
+    backend = backend_or_skip("snntorch")
+    data = random_batches(n=8, batches=1)
+    snn = backend.convert(small_ann(), calibration=data)
+    with torch.no_grad():
+        snn[-1].bias[2] = float("nan")
+    with pytest.raises(ValueError, match="outputs at step 0 hold"):
+        sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4)
