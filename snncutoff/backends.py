@@ -1,10 +1,10 @@
 """Backends: the contract an adapter implements (:class:`Backend`) and the registry.
 
 :class:`Backend` holds the shared logic of the contract (DESIGN.md); an adapter
-subclasses it and fills in a few framework hooks. Adapters register under the entry-point group ``snncutoff.backends`` in their
-package metadata (snncutoff's own ``pyproject.toml`` registers ``spikingjelly`` and
-``snntorch``), so a third party adds Norse, Sinabs or Lava-dl by shipping a package
-with::
+subclasses it and fills in a few framework hooks. Adapters register under the
+entry-point group ``snncutoff.backends`` in their package metadata (snncutoff's own
+``pyproject.toml`` registers ``spikingjelly`` and ``snntorch``), so a third party adds
+Norse, Sinabs or Lava-dl by shipping a package with::
 
     [project.entry-points."snncutoff.backends"]
     norse = "snncutoff_norse:NorseBackend"
