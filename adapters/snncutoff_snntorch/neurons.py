@@ -1,8 +1,8 @@
 r"""snnTorch neurons as the converters and trainers need them.
 
-``IFNeuron`` (conversion): ``snn.Leaky(beta=1, reset_mechanism="none")`` integrates
-and fires on :math:`U \ge \theta` (spike function with :math:`H(0)=1`); the module then
-applies the soft reset :math:`V = U - \theta S` itself, in the same order as
+``IFNeuron`` (conversion): ``snn.Leaky(beta=1, reset_mechanism="none", init_hidden=True)``
+integrates and fires on :math:`U \ge \theta` (spike function with :math:`H(0)=1`); the
+module then applies the soft reset :math:`V = U - \theta S` to the Leaky's own state, in the same order as
 SpikingJelly's ``IFNode`` (charge, fire, reset), so both backends compute bit-identical
 membranes and spikes. (snnTorch's own delayed subtract reset computes
 :math:`(U + X) - \theta S` instead of :math:`(U - \theta S) + X`, which differs in the
@@ -32,7 +32,8 @@ class IFNeuron(nn.Module):
         threshold: θ.
         v_init: initial membrane as a fraction of θ.
 
-    State: ``mem`` ``[N, ...]`` (post-reset membrane), None before the first step.
+    State: ``mem`` ``[N, ...]`` (post-reset membrane, kept in the inner ``Leaky``), None
+    before the first step.
     """
 
     def __init__(self, threshold: float, v_init: float = 0.5) -> None:
@@ -40,19 +41,32 @@ class IFNeuron(nn.Module):
         self.threshold = float(threshold)
         self.v_init = float(v_init)
         self.lif = snn().Leaky(beta=1.0, threshold=self.threshold, spike_grad=spike_function("atan", 2.0),
-                               reset_mechanism="none", init_hidden=False)
-        self.mem: Tensor | None = None
+                               reset_mechanism="none", init_hidden=True)
+        self.fresh = True
+
+    @property
+    def mem(self) -> Tensor | None:
+        """Post-reset membrane ``[N, ...]`` (None before the first step)."""
+        return None if self.fresh else self.lif.mem
+
+    @mem.setter
+    def mem(self, value: Tensor | None) -> None:
+        if value is None:
+            self.reset()
+        else:
+            self.lif.mem, self.fresh = value, False
 
     def forward(self, x: Tensor) -> Tensor:
-        mem = self.mem if self.mem is not None else torch.full_like(x, self.v_init * self.threshold)
-        spk, h = self.lif(x, mem)
+        if self.fresh:
+            self.lif.mem, self.fresh = torch.full_like(x, self.v_init * self.threshold), False
+        spk = self.lif(x)  # H = V + X, S = [H >= θ]; the Leaky keeps H
         out = spk * self.threshold
-        self.mem = h - out  # V = H - θS, exactly SpikingJelly's soft reset (θS is exact: S is 0 or 1)
+        self.lif.mem = self.lif.mem - out  # V = H - θS, exactly SpikingJelly's soft reset
         return out
 
     def reset(self) -> None:
         """Back to the initial membrane at the next step."""
-        self.mem = None
+        self.fresh = True
         self.lif.mem = torch.zeros(0)
 
     def extra_repr(self) -> str:
