@@ -86,6 +86,10 @@ class Backend:
         """Keep only the batch rows ``keep`` of ``module``'s state."""
         raise NotImplementedError
 
+    def admit_module(self, module: nn.Module, n: int) -> None:
+        """Append ``n`` batch rows in the initial state to ``module``'s state (if it has any yet)."""
+        raise NotImplementedError
+
     def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
         """The spike tensor in a spiking layer's forward output."""
         return output[0] if isinstance(output, (tuple, list)) else output
@@ -184,6 +188,11 @@ class Backend:
             keep = keep.nonzero().flatten()
         for m in self.stateful_modules(net):
             self.select_module(m, keep)
+
+    def admit(self, net: nn.Module, n: int) -> None:
+        """Append ``n`` fresh samples (initial state) after the current batch rows of every neuron."""
+        for m in self.stateful_modules(net):
+            self.admit_module(m, n)
 
     def _readout(self, net: nn.Module, out: Any, readout: Readout) -> Tensor:
         if callable(readout):

@@ -194,14 +194,26 @@ def early_exit_loader(
     readout: str | Callable = "auto",
     count_ops: bool = False,
     device: torch.device | str | None = None,
+    refill: bool = False,
+    capacity: int | None = None,
     progress: bool = True,
 ) -> CutoffResult:
     """Early exit over a whole data loader: a :class:`CutoffResult` with ``wall_time_s``.
 
-    ``wall_time_s`` covers the network steps, decisions and state selection (not data
-    loading); ``ops_at_exit`` holds each sample's operations with ``count_ops=True``.
+    By default each batch runs on its own (:func:`early_exit`), so a batch lasts as long
+    as its slowest sample. With ``refill=True`` the network runs one pool of at most
+    ``capacity`` samples (default: the first batch's size): every slot freed by an exit
+    is filled by the next sample of the loader at once, so each step runs a full batch
+    until the data runs out ("continuous batching"; each sample keeps its own step count
+    and starts from the initial state). Exit steps and predictions are the same either way.
+
+    ``wall_time_s`` covers the network steps, decisions and state bookkeeping (data
+    loading included only with ``refill``); ``ops_at_exit`` holds each sample's
+    operations with ``count_ops=True``.
     """
     T = _resolve_T(policy, T)
+    if refill:
+        return _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, progress)
     steps, preds, labels, ops = [], [], [], []
     wall = 0.0
     for batch in tqdm(data, desc="early exit", disable=not progress, leave=False, unit="batch"):
@@ -222,3 +234,109 @@ def early_exit_loader(
         raise ValueError("data yielded no batch")
     return CutoffResult(torch.cat(steps), torch.cat(preds), torch.cat(labels), T,
                         torch.cat(ops) if ops else None, None, f"early exit: {policy!r}", wall)
+
+
+@torch.no_grad()
+def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, progress) -> CutoffResult:
+    """Continuous batching: a pool of running samples, refilled from ``data`` as samples exit."""
+    from . import backends as _backends
+
+    if isinstance(backend, str):
+        backend = _backends.get(backend)
+    if encoder not in ("direct", "frames", "time_major"):
+        raise ValueError(f"refill=True needs encoder 'direct', 'frames' or 'time_major', got {encoder!r}")
+    multistep = backend.is_multistep(net)
+    stateful = backend.stateful_modules(net)
+    was_training = net.training
+    net.eval()
+    backend.reset(net)
+    batches = iter(data)
+    pend_x: list[Tensor] = []  # samples waiting for a slot, per sample: [...] or [T, ...]
+    labels: list[Tensor] = []
+    exit_step: dict[int, int] = {}
+    prediction: dict[int, int] = {}
+    op_at_exit: dict[int, float] = {}
+    inputs = t_vec = gid = cum = spent = None
+    queued = 0
+    bar = tqdm(desc="early exit (refill)", disable=not progress, leave=False, unit="sample")
+    recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
+    rec = recorder.__enter__() if recorder is not None else None
+    t_start = time.perf_counter()
+    try:
+        while True:
+            running = 0 if gid is None else gid.shape[0]
+            free = (capacity or 0) - running
+            while (free > 0 or capacity is None) and (pend_x or batches is not None):
+                if not pend_x:
+                    batch = next(batches, None)
+                    if batch is None:
+                        batches = None
+                        break
+                    x, y = _split(batch)
+                    x = x.to(device) if device is not None else x
+                    if x.is_floating_point():
+                        check_finite("inputs", x)
+                    if encoder == "time_major":
+                        x = x.transpose(0, 1)
+                    if encoder != "direct" and x.shape[1] < T:
+                        raise ValueError(f"encoder={encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {T}")
+                    pend_x = list(x.unbind(0))
+                    labels.append(torch.as_tensor(y).cpu().long())
+                    if capacity is None:
+                        capacity = len(pend_x)
+                        free = capacity - running
+                k = min(free, len(pend_x))
+                new = torch.stack(pend_x[:k])
+                pend_x = pend_x[k:]
+                ids = torch.arange(queued, queued + k, device=new.device)
+                queued += k
+                if gid is None:
+                    inputs, gid = new, ids
+                    t_vec = torch.zeros(k, dtype=torch.long, device=new.device)
+                else:  # fresh rows after the running ones (a no-op before the first step)
+                    backend.admit(net, k)
+                    inputs, gid = torch.cat([inputs, new]), torch.cat([gid, ids])
+                    t_vec = torch.cat([t_vec, torch.zeros(k, dtype=torch.long, device=new.device)])
+                free -= k
+            if gid is None or gid.shape[0] == 0:
+                break
+            rows = torch.arange(gid.shape[0], device=inputs.device)
+            x_t = inputs if encoder == "direct" else inputs[rows, t_vec]
+            y = backend.run(net, x_t.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x_t, readout)
+            check_finite("outputs", y)
+            n_new = y.shape[0] - (0 if cum is None else cum.shape[0])
+            pad = lambda a, fill: a if n_new == 0 else torch.cat([a, a.new_full((n_new, *a.shape[1:]), fill)])  # noqa: E731
+            cum = y.double() if cum is None else pad(cum, 0.0) + y.double()
+            out_t = cum.to(y.dtype)
+            if rec is not None:
+                step_ops = rec.take_ops()
+                spent = step_ops if spent is None else pad(spent, 0.0) + step_ops
+            done = policy.exit_now(t_vec, out_t).to(out_t.device) | (t_vec.to(out_t.device) == T - 1)
+            if bool(done.any()):
+                idx = done.nonzero().flatten()
+                for g, s, p in zip(gid[idx].tolist(), (t_vec[idx] + 1).tolist(), out_t[idx].argmax(-1).tolist()):
+                    exit_step[g], prediction[g] = s, p
+                if spent is not None:
+                    for g, o in zip(gid[idx].tolist(), spent[idx].tolist()):
+                        op_at_exit[g] = o
+                bar.update(int(idx.numel()))
+                keep = (~done).nonzero().flatten()
+                for m in stateful:
+                    backend.select_module(m, keep)
+                inputs, gid, t_vec, cum = inputs[keep], gid[keep], t_vec[keep], cum[keep]
+                if spent is not None:
+                    spent = spent[keep]
+            t_vec = t_vec + 1
+    finally:
+        if recorder is not None:
+            recorder.__exit__(None, None, None)
+        bar.close()
+        backend.reset(net)
+        net.train(was_training)
+    wall = time.perf_counter() - t_start
+    if queued == 0:
+        raise ValueError("data yielded no batch")
+    order = range(queued)
+    ops = torch.tensor([op_at_exit[i] for i in order], dtype=torch.float64) if count_ops else None
+    return CutoffResult(torch.tensor([exit_step[i] for i in order]), torch.tensor([prediction[i] for i in order]),
+                        torch.cat(labels), T, ops, None, f"early exit (refill): {policy!r}", wall)

@@ -131,3 +131,42 @@ def test_nan_outputs_stop_the_stream_with_a_clear_error():
         snn[-1].bias[2] = float("nan")
     with pytest.raises(ValueError, match="outputs at step 0 hold"):
         sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("capacity", [None, 1, 7])
+def test_refill_equals_evaluate(name, capacity):
+    """Continuous batching: freed slots are refilled from the loader; results stay sample-exact."""
+    backend = backend_or_skip(name)
+    ann = trained_digits_cnn("qcfs")
+    train, test = digits_loaders()
+    snn = backend.convert(ann)
+    cal = sc.collect_trace(backend, snn, train, T=12, progress=False)
+    trace = sc.collect_trace(backend, snn, test, T=12, count_ops=True, progress=False)
+    for policy in (TopKGap(0.0).fit(cal), Confidence(0.1), Timestep(4)):
+        post = policy.evaluate(trace)
+        real = sc.early_exit_loader(backend, snn, test, policy, T=12, refill=True, capacity=capacity,
+                                    count_ops=True, progress=False)
+        assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+        assert torch.equal(post.ops_at_exit, real.ops_at_exit) and torch.equal(post.labels, real.labels)
+
+
+def test_refill_with_a_users_snntorch_net_and_frames():
+    snn = pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 16),
+                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(16, 5),
+                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    backend = sc.backends.get("snntorch")
+    g = torch.Generator().manual_seed(0)
+    frames = (torch.rand(40, 6, 2, 4, 4, generator=g) < 0.4).float()  # [N, T, 2, H, W]
+    data = [(frames[i:i + 16], torch.randint(0, 5, (frames[i:i + 16].shape[0],), generator=g))
+            for i in range(0, 40, 16)]
+    trace = sc.collect_trace(backend, net, data, T=6, encoder="frames", readout="membrane", progress=False)
+    policy = Confidence(0.5)
+    post = policy.evaluate(trace)
+    real = sc.early_exit_loader(backend, net, data, policy, T=6, encoder="frames", readout="membrane",
+                                refill=True, capacity=5, progress=False)
+    assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+    with pytest.raises(ValueError, match="refill=True needs encoder"):
+        sc.early_exit_loader(backend, net, data, policy, T=6, encoder="none", refill=True, progress=False)

@@ -215,3 +215,17 @@ def test_repr_and_params():
     assert repr(p) == "TopKGap(epsilon=0.05, search='grid', bins=100)"
     assert p.with_param(0.1).epsilon == 0.1 and p.with_param(0.1).search == "grid"
     assert "speedup" in repr(p.fit(HAND).evaluate(HAND))
+
+
+@pytest.mark.parametrize("make", [lambda tr: TopKGap(0.1).fit(tr), lambda tr: Confidence(0.2),
+                                  lambda tr: Conformal(0.2).fit(tr), lambda tr: Timestep(3)])
+def test_exit_now_with_one_step_per_row(make):
+    tr = make_trace(T=6, N=30, seed=5, signal=1.0)
+    p = make(tr)
+    t = torch.arange(30) % 6
+    rows = torch.arange(30)
+    per_row = p.exit_now(t, tr.outputs[t, rows])
+    one_by_one = torch.stack([p.exit_now(int(t[n]), tr.outputs[int(t[n]), n:n + 1])[0] for n in range(30)])
+    assert torch.equal(per_row, one_by_one)
+    with pytest.raises(ValueError, match=r"\[N\] = \[30\]"):
+        p.exit_now(torch.zeros(3, dtype=torch.long), tr.outputs[0])

@@ -83,8 +83,20 @@ class SnnTorchBackend(Backend):
             return
         for name in STATE_NAMES:
             value = getattr(module, name, None)
-            if isinstance(value, Tensor) and value.dim() >= 1 and value.numel() > 1:
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] > 0:
                 setattr(module, name, value[keep.to(value.device)])
+
+    def admit_module(self, module: nn.Module, n: int) -> None:
+        if isinstance(module, (IFNeuron, LIFNeuron)):
+            if module.mem is not None:
+                init = module.v_init * module.threshold if isinstance(module, IFNeuron) else 0.0
+                fresh = torch.full((n, *module.mem.shape[1:]), init, dtype=module.mem.dtype, device=module.mem.device)
+                module.mem = torch.cat([module.mem, fresh])
+            return
+        for name in STATE_NAMES:  # snnTorch states start at zero
+            value = getattr(module, name, None)
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] > 0:
+                setattr(module, name, torch.cat([value, value.new_zeros((n, *value.shape[1:]))]))
 
     def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
         if isinstance(module, IFNeuron):

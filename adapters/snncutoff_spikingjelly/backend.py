@@ -124,6 +124,14 @@ class SpikingJellyBackend(Backend):
         if isinstance(v_seq, Tensor) and v_seq.dim() >= 2:
             module.v_seq = v_seq[:, keep.to(v_seq.device)]
 
+    def admit_module(self, module: nn.Module, n: int) -> None:
+        for name, value in list(module._memories.items()):
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                init = module._memories_rv[name]
+                fresh = init.expand(n, *value.shape[1:]) if isinstance(init, Tensor) and init.dim() >= 1 \
+                    else torch.full((n, *value.shape[1:]), float(init), dtype=value.dtype, device=value.device)
+                setattr(module, name, torch.cat([value, fresh.to(value)]))
+
     def membrane_of(self, module: nn.Module) -> Tensor | None:
         """``v`` after the last step; in multi-step mode ``v_seq`` ``[T, N, ...]`` when stored."""
         v_seq = getattr(module, "v_seq", None)

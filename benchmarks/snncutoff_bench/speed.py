@@ -139,13 +139,15 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     """Wall time of streaming early exit vs the plain step loop over all T, per backend.
 
     With a trained network and its data (``ann``, ``data`` = (calibration loader, test
-    batch)), the policy is fitted on a calibration trace; ``realised_speedup`` is the
-    step-loop time over the early-exit time, ``ideal_speedup`` is ``T / mean exit step``.
+    loader)), the policy is fitted on a calibration trace; ``realised_speedup`` is the
+    step-loop time over the early-exit time on one batch of ``batch`` test samples,
+    ``ideal_speedup`` is ``T / mean exit step``. The ``loader_*`` figures do the same over
+    the whole test loader, with continuous batching (``early_exit_loader(refill=True)``).
     """
     cuda = device.startswith("cuda")
     out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "backends": {}}
-    cal_loader, x = data
-    x = x[:batch].to(device)
+    cal_loader, test_loader = data
+    x = torch.cat([b[0] for b in test_loader])[:batch].to(device)
     for name in names or [n for n in backends.names() if backends.available(n)[0]]:
         b = backends.get(name)
         snn = b.convert(ann).to(device)
@@ -171,9 +173,26 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         steps, _, _ = early()
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
+
+        def loader_full(b=b, snn=snn):
+            for xb, _ in test_loader:
+                xb_seq = sc.encode(xb.to(device), T)
+                b.reset(snn)
+                for t in range(T):
+                    b.step(snn, xb_seq[t])
+
+        with torch.no_grad():
+            t_loader_full = _best(loader_full, repeats, cuda)
+        refilled = [sc.early_exit_loader(b, snn, test_loader, p, T, refill=True, device=device, progress=False)
+                    for _ in range(repeats)]
+        t_refill = min(r.wall_time_s for r in refilled)
+        loader_ideal = T / refilled[0].mean_steps
         out["backends"][name] = {
             "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
             "no_exit_seconds": t_never, "no_exit_overhead": t_never / t_full - 1.0,
+            "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
+            "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
+            "loader_refill_over_ideal": t_loader_full / t_refill / loader_ideal,
         }
     return out

@@ -36,8 +36,10 @@ class CutoffPolicy:
     min_classes: ClassVar[int] = 2
 
     # ------------------------------------------------------------ to implement
-    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
-        """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores."""
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
+        """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores.
+
+        ``t0`` may be a ``[N]`` tensor (one step per row, with ``T' = 1``)."""
         raise NotImplementedError
 
     def _trace_scores(self, trace: Trace) -> Tensor:
@@ -118,10 +120,12 @@ class CutoffPolicy:
         return CutoffResult.from_exit_steps(trace, first_exit(mask), repr(self))
 
     @torch.no_grad()
-    def exit_now(self, t: int, outputs_t: Tensor) -> Tensor:
+    def exit_now(self, t: int | Tensor, outputs_t: Tensor) -> Tensor:
         """On-line decision after step ``t`` (0-based) from cumulative outputs ``[N, C]``.
 
-        Returns ``[N]`` bool. A fitted policy also returns all True at its last step
+        ``t`` is one step for the whole batch, or a ``[N]`` integer tensor giving each
+        row its own step (streams whose samples started at different times).
+        Returns ``[N]`` bool. A fitted policy also returns True at its last step
         ``T_ - 1`` (the forced exit); an unfitted rule-based one leaves that to the caller.
         """
         if not isinstance(outputs_t, Tensor) or outputs_t.dim() != 2:
@@ -129,19 +133,31 @@ class CutoffPolicy:
             raise ValueError(f"outputs_t must be the cumulative outputs [N, C] of one step, got {shape}")
         if self.min_classes > 1:
             check_min_classes(outputs_t.shape[1], type(self).__name__)
+        per_row = isinstance(t, Tensor)
+        if per_row:
+            t = t.to(device=outputs_t.device, dtype=torch.long)
+            if t.shape != (outputs_t.shape[0],):
+                raise ValueError(f"t must be an int or a [N] = [{outputs_t.shape[0]}] tensor, got {tuple(t.shape)}")
+        if per_row:
+            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+        else:
+            lo = hi = t
+        forced = None
         if self._is_fitted():
-            if not 0 <= t < self.T_:
+            if lo < 0 or hi >= self.T_:
                 raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t}")
-            if t == self.T_ - 1:
+            if not per_row and t == self.T_ - 1:
                 return torch.ones(outputs_t.shape[0], dtype=torch.bool, device=outputs_t.device)
-            thr = self._fitted_thresholds()[t]
+            thr = self._fitted_thresholds().to(outputs_t.device)[t]
+            forced = t == self.T_ - 1 if per_row else None
         elif self.needs_fit:
             raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before exit_now")
         else:
-            if t < 0:
+            if lo < 0:
                 raise ValueError(f"t must be >= 0, got {t}")
             thr = self._rule_threshold()
-        return self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thr)
+        decision = self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thr)
+        return decision | forced if forced is not None else decision
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
         """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""

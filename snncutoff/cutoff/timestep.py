@@ -37,8 +37,10 @@ class Timestep(CutoffPolicy):
     def __init__(self, step: int) -> None:
         self.step = check_positive_int("step", step)
 
-    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
         T, N = outputs.shape[:2]
+        if isinstance(t0, Tensor):  # one step per row
+            return (t0.to(outputs.device) + 1).to(torch.float32).view(1, -1).expand(T, N)
         steps = torch.arange(t0 + 1, t0 + T + 1, dtype=torch.float32, device=outputs.device)
         return steps.view(-1, 1).expand(T, N)
 
