@@ -236,6 +236,11 @@ def early_exit_loader(
                         torch.cat(ops) if ops else None, None, f"early exit: {policy!r}", wall)
 
 
+def _grow(a: Tensor, n: int) -> Tensor:
+    """``a`` with zero rows appended up to ``n`` rows."""
+    return a if a.shape[0] == n else torch.cat([a, a.new_zeros((n - a.shape[0], *a.shape[1:]))])
+
+
 @torch.no_grad()
 def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, progress) -> CutoffResult:
     """Continuous batching: a pool of running samples, refilled from ``data`` as samples exit."""
@@ -304,13 +309,12 @@ def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device
             x_t = inputs if encoder == "direct" else inputs[rows, t_vec]
             y = backend.run(net, x_t.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x_t, readout)
             check_finite("outputs", y)
-            n_new = y.shape[0] - (0 if cum is None else cum.shape[0])
-            pad = lambda a, fill: a if n_new == 0 else torch.cat([a, a.new_full((n_new, *a.shape[1:]), fill)])  # noqa: E731
-            cum = y.double() if cum is None else pad(cum, 0.0) + y.double()
+            n = y.shape[0]  # rows admitted since the last step start from zero
+            cum = y.double() if cum is None else _grow(cum, n) + y.double()
             out_t = cum.to(y.dtype)
             if rec is not None:
                 step_ops = rec.take_ops()
-                spent = step_ops if spent is None else pad(spent, 0.0) + step_ops
+                spent = step_ops if spent is None else _grow(spent, n) + step_ops
             done = policy.exit_now(t_vec, out_t).to(out_t.device) | (t_vec.to(out_t.device) == T - 1)
             if bool(done.any()):
                 idx = done.nonzero().flatten()
