@@ -56,11 +56,29 @@ class Backend:
     """
 
     name: ClassVar[str] = "backend"
+    #: what to tell a user whose framework is missing
+    install_hint: ClassVar[str] = ""
 
     # ------------------------------------------------------- framework hooks
+    def framework(self) -> Any:
+        """Import the framework (lazily) and return what the adapter uses of it."""
+        raise NotImplementedError
+
     def available(self) -> tuple[bool, str]:
         """``(True, "")`` when the framework imports, else ``(False, what to install)``."""
-        raise NotImplementedError
+        try:
+            self.framework()
+        except ImportError as exc:
+            return False, f"{exc}; {self.install_hint}" if self.install_hint else str(exc)
+        return True, ""
+
+    @property
+    def version(self) -> str | None:
+        """The installed framework's version (None if the adapter does not say)."""
+        try:
+            return getattr(self.framework(), "version", None)
+        except (NotImplementedError, ImportError):
+            return None
 
     def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
         """Integrate-and-fire, soft reset, emitting ``threshold * spike``; ``V_0 = v_init * threshold``."""

@@ -31,18 +31,10 @@ class SnnTorchBackend(Backend):
     """snnTorch adapter (no options: snnTorch has no alternative kernels)."""
 
     name = "snntorch"
+    install_hint = INSTALL_HINT
 
-    def available(self) -> tuple[bool, str]:
-        try:
-            snn()
-        except ImportError as exc:
-            return False, f"{exc}; {INSTALL_HINT}"
-        return True, ""
-
-    @property
-    def version(self) -> str:
-        """Installed snnTorch version."""
-        return snn().version
+    def framework(self):
+        return snn()
 
     def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
         return IFNeuron(threshold, v_init)

@@ -53,18 +53,11 @@ class SpikingJellyBackend(Backend):
         self.gpu_kernel = check_choice("gpu_kernel", gpu_kernel, GPU_KERNELS)
         self._kernel: str | None = None
 
-    # ------------------------------------------------------------ framework
-    def available(self) -> tuple[bool, str]:
-        try:
-            sj()
-        except ImportError as exc:
-            return False, f"{exc}; {INSTALL_HINT}"
-        return True, ""
+    install_hint = INSTALL_HINT
 
-    @property
-    def version(self) -> str:
-        """Installed SpikingJelly version (``"2.0.0"``, ``"0.0.0.0.14"`` ...)."""
-        return sj().version
+    # ------------------------------------------------------------ framework
+    def framework(self):
+        return sj()
 
     def kernel(self) -> str:
         """The GPU kernel family this backend will use (resolved once, with fallbacks)."""
