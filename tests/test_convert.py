@@ -172,3 +172,28 @@ def test_constraints_apply():
         constraints.apply(nn.Sequential(FunctionalBlock()), "qcfs")
     with pytest.raises(ValueError, match="kind"):
         constraints.apply(small_ann(), "relu6")
+
+
+def test_qcfs_clip_and_tracked_relu():
+    q = constraints.QCFS(levels=4, threshold=2.0)
+    x = torch.tensor([-1.0, 0.0, 0.24, 0.26, 1.0, 1.9, 5.0], requires_grad=True)
+    # clamp(floor(x * 4 / 2 + 0.5) / 4, 0, 1) * 2
+    assert q(x).tolist() == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
+    q(x).sum().backward()  # straight-through floor: gradient flows
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert q.conversion_threshold() == 2.0 and q.v_init == 0.5
+    assert constraints.Clip(1.5)(torch.tensor([-1.0, 1.0, 3.0])).tolist() == [0.0, 1.0, 1.5]
+    t = constraints.TrackedReLU(momentum=0.5)
+    with pytest.raises(ValueError, match="seen no positive"):
+        t.conversion_threshold()
+    t.train()
+    t(torch.tensor([1.0, 4.0]))
+    t(torch.tensor([2.0]))
+    assert t.conversion_threshold() == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)
+    t.eval()
+    t(torch.tensor([100.0]))  # evaluation does not move it
+    assert t.conversion_threshold() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="levels"):
+        constraints.QCFS(levels=0)
+    with pytest.raises(ValueError, match="threshold"):
+        constraints.Clip(threshold=-1.0)
