@@ -225,3 +225,15 @@ def test_trace_meta_names_the_backend(backend):
     snn, data = _converted(backend)
     tr = sc.collect_trace(backend, snn, data, T=2, progress=False, meta={"model": "small"})
     assert isinstance(tr, Trace) and tr.meta["backend"] == backend.name and tr.meta["model"] == "small"
+
+
+def test_conv1d_networks_convert_identically():
+    backends = [backend_or_skip(n) for n in BACKENDS]
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv1d(2, 6, 3, padding=1), nn.BatchNorm1d(6), nn.ReLU(), nn.AvgPool1d(2), nn.Flatten(),
+                        nn.Linear(6 * 8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, 2, 16, generator=g), torch.randint(0, 4, (32,), generator=g))]
+    traces = [sc.collect_trace(b, b.convert(ann, calibration=data), data, T=16, count_ops=True, progress=False)
+              for b in backends]
+    assert torch.equal(traces[0].outputs, traces[1].outputs) and torch.equal(traces[0].ops, traces[1].ops)

@@ -170,3 +170,17 @@ def test_refill_with_a_users_snntorch_net_and_frames():
     assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
     with pytest.raises(ValueError, match="refill=True needs encoder"):
         sc.early_exit_loader(backend, net, data, policy, T=6, encoder="none", refill=True, progress=False)
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_users_own_spikingjelly_net(step_mode):
+    from .test_users_nets import DATA, _csnn
+
+    backend = backend_or_skip("spikingjelly")
+    net = _csnn(step_mode)
+    trace = sc.collect_trace(backend, net, DATA, T=8, count_ops=True, progress=False)
+    policy = TopKGap(0.2).fit(trace)
+    post = policy.evaluate(trace)
+    real = sc.early_exit_loader(backend, net, DATA, policy, count_ops=True, progress=False)
+    assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+    assert torch.equal(post.ops_at_exit, real.ops_at_exit)
