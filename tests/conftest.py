@@ -24,6 +24,25 @@ def make_trace(T: int = 8, N: int = 64, C: int = 5, seed: int = 0, signal: float
 
 
 @pytest.fixture
+def missing_backend():
+    """A registered backend whose framework is not installed; yields its name."""
+    from snncutoff import backends
+
+    class Missing(backends.Backend):
+        name = "missing"
+        install_hint = "pip install missing-framework"
+
+        def framework(self):
+            raise ImportError("No module named 'missing_framework'")
+
+    backends.register("missing", Missing)
+    try:
+        yield "missing"
+    finally:
+        backends._registered.pop("missing")
+
+
+@pytest.fixture
 def trace() -> Trace:
     return make_trace()
 

@@ -126,19 +126,9 @@ def test_cuda_asked_but_absent(tmp_path):
     assert res.exit_code == 1 and "no CUDA device" in res.output
 
 
-def test_backend_not_installed_says_what_to_install(tmp_path):
-    class Missing(backends.Backend):
-        name = "missing"
-
-        def available(self):
-            return False, "the framework is not installed: pip install missing-framework"
-
-    backends.register("missing", Missing)
-    try:
-        res = CliRunner().invoke(main, ["compare", "--backends", "missing", "--output-dir", str(tmp_path)])
-        assert res.exit_code == 1 and "pip install missing-framework" in res.output
-    finally:
-        backends._registered.pop("missing")
+def test_backend_not_installed_says_what_to_install(tmp_path, missing_backend):
+    res = CliRunner().invoke(main, ["compare", "--backends", missing_backend, "--output-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "pip install missing-framework" in res.output
 
 
 def test_usage_error_is_exit_2():

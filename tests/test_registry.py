@@ -77,21 +77,14 @@ def test_third_party_backend_through_an_entry_point(tmp_path, monkeypatch):
         sys.modules.pop("toy_backend", None)
 
 
-def test_register_in_process():
-    class Broken(backends.Backend):
-        name = "broken"
-
-        def available(self):
-            return False, "framework missing: pip install broken"
-
-    backends.register("broken", Broken)
-    try:
-        with pytest.raises(ImportError, match="pip install broken"):
-            backends.get("broken")
-        expected = "backend 'broken' is not usable: framework missing: pip install broken"
-        assert backends.available("broken") == (False, expected)
-    finally:
-        backends._registered.pop("broken")
+def test_register_in_process(missing_backend):
+    """The base class turns a failing framework import into the reason plus the install hint."""
+    assert missing_backend in backends.names()
+    with pytest.raises(ImportError, match="pip install missing-framework"):
+        backends.get(missing_backend)
+    expected = ("backend 'missing' is not usable: No module named 'missing_framework'; "
+                "pip install missing-framework")
+    assert backends.available(missing_backend) == (False, expected)
 
 
 def test_core_imports_no_framework():
