@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -133,30 +134,57 @@ def stable_correct(correct: Tensor) -> Tensor:
 
 
 def optimal_cutoff_steps(correct: Tensor) -> Tensor:
-    """OCT ``[N]`` (1-based): earliest t correct at t and every later step; T if wrong at T."""
+    """OCT ``[N]`` (1-based): earliest t correct at t and every later step; T if wrong at T.
+
+    That is one step after the last wrong one (``[T, N]`` bool in), found as a vertical
+    maximum of ``wrong[t] * (t + 1)``."""
     T = correct.shape[0]
-    n_stable = stable_correct(correct).sum(dim=0)
-    return torch.where(n_stable > 0, T - n_stable + 1, torch.full_like(n_stable, T))
+    dtype = torch.uint8 if T < 255 else torch.int32
+    step = torch.arange(1, T + 1, dtype=dtype, device=correct.device).view(-1, 1)
+    last_wrong = ((~correct).to(dtype) * step).amax(dim=0).long()  # 0: never wrong
+    return (last_wrong + 1).clamp_(max=T)
 
 
 def first_exit(exit_mask: Tensor) -> Tensor:
-    """1-based first step where ``exit_mask`` ``[..., T, N]`` is True, T if never (forced exit)."""
-    mask = exit_mask.to(torch.uint8)
-    mask[..., -1, :] = 1
-    return mask.argmax(dim=-2) + 1
+    """1-based first step where ``exit_mask`` ``[..., T, N]`` is True, T if never (forced exit).
+
+    Computed as ``T + 1 - max_t(mask[t] * (T - t))``: a vertical maximum, which torch
+    vectorises, unlike an argmax over a middle dimension."""
+    T = exit_mask.shape[-2]
+    dtype = torch.uint8 if T < 256 else torch.int32
+    weight = torch.arange(T, 0, -1, dtype=dtype, device=exit_mask.device).view(-1, 1)  # T - t
+    last = (exit_mask.to(dtype) * weight).amax(dim=-2).clamp_(min=1)  # 1: the forced exit at T
+    return T + 1 - last.long()
 
 
 # ---------------------------------------------------------------- thresholds
-def _sorted_counts(scores: Tensor, good: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Sort each row of ``scores`` ``[T, N]`` descending.
+def _sorted_counts(scores: Tensor, flags: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row of ``scores`` ``[T, N]`` ascending.
 
-    Returns ``(s, cum_good, asc)``: sorted scores ``[T, N]``; ``cum_good[t, k]`` = good
-    samples among the k largest, ``[T, N + 1]``; and ``-s`` (ascending, for searchsorted).
+    Returns ``(s, cum)``: the sorted scores ``[T, N]`` and ``cum[t, k]``, the number
+    of flagged samples among the k smallest, ``[T, N + 1]`` int64.
+
+    On the CPU, numpy's vectorised sorts (x86-simd-sort) do the work: float32 scores
+    and their flags are packed into one int64 key (order-preserving integer image of
+    the float, shifted left, flag in the lowest bit) and sorted without indices;
+    float64 ones are argsorted. Elsewhere ``torch.sort``.
     """
-    s, order = scores.sort(dim=1, descending=True)
-    g = good.gather(1, order).to(torch.int64)
-    cum = torch.nn.functional.pad(g.cumsum(dim=1), (1, 0))
-    return s, cum, (-s).contiguous()
+    T, N = scores.shape
+    cum = torch.zeros(T, N + 1, dtype=torch.int64, device=scores.device)
+    if scores.device.type == "cpu" and scores.dtype == torch.float32:
+        bits = scores.view(torch.int32)
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # monotone in the float
+        key = torch.from_numpy(np.sort((ordered * 2 + flags).numpy(), axis=1))
+        ordered = (key >> 1).int()
+        s = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).view(torch.float32)
+        torch.cumsum(key & 1, dim=1, out=cum[:, 1:])
+        return s, cum
+    if scores.device.type == "cpu" and scores.dtype == torch.float64:
+        order = torch.from_numpy(np.argsort(scores.numpy(), axis=1))
+    else:
+        order = scores.sort(dim=1).indices
+    torch.cumsum(flags.gather(1, order), dim=1, out=cum[:, 1:])
+    return scores.gather(1, order), cum
 
 
 def exact_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float]) -> Tensor:
@@ -164,9 +192,9 @@ def exact_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float
 
     For each step t and each :math:`\epsilon`: among samples with ``gap_t > beta_t`` the
     share with ``settled`` (OCT <= t + 1) must be at least :math:`1 - \epsilon`, computed
-    as "unsettled / kept <= epsilon" in float64. The search
-    runs over the observed gaps (all at once: sort, cumulative counts); a step where no
-    observed gap meets it gets ``+inf`` (never exits there).
+    as "unsettled / kept <= epsilon" in float64. The search runs over the observed gaps
+    (all at once: sort, cumulative counts); a step where no observed gap meets it gets
+    ``+inf`` (never exits there).
 
     Args:
         gaps: ``[T, N]``; settled: ``[T, N]`` bool; epsilons: E values in [0, 1).
@@ -174,22 +202,21 @@ def exact_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float
         ``[E, T]`` thresholds, dtype of ``gaps``.
     """
     T, N = gaps.shape
-    s, cum, _ = _sorted_counts(gaps, settled)
-    # kept[t, j] = #samples with gap > s[t, j] = index where the run of equal values at j starts
-    j = torch.arange(N, device=gaps.device).expand(T, N)
-    run_start = torch.ones_like(s, dtype=torch.bool)
-    run_start[:, 1:] = s[:, 1:] != s[:, :-1]
-    kept = torch.where(run_start, j, 0).cummax(dim=1).values
-    bad = (kept - cum.gather(1, kept)).double()  # unsettled among them
-    # share of unsettled samples kept at candidate j (inf: nothing kept, never passes)
-    share = torch.where(kept > 0, bad / kept.clamp(min=1).double(), torch.full_like(bad, math.inf))
-    # j passes iff share <= eps; the smallest passing gap is the largest passing j, which is
-    # also the largest j whose suffix minimum is <= eps (the suffix minimum is sorted).
-    suffix_min = share.flip(1).cummin(dim=1).values.flip(1).contiguous()
+    s, cum = _sorted_counts(gaps, ~settled)
+    # candidate beta = s[t, j] at the end j of each run of equal gaps: the samples kept
+    # (gap > beta) are those after j, N - 1 - j of them, cum[N] - cum[j + 1] unsettled
+    run_end = torch.ones_like(s, dtype=torch.bool)
+    run_end[:, :-1] = s[:, 1:] != s[:, :-1]
+    kept = torch.arange(N - 1, -1, -1, device=gaps.device, dtype=torch.float64)
+    bad = (cum[:, -1:] - cum[:, 1:]).double()
+    share = torch.where(run_end & (kept > 0), bad / kept.clamp(min=1), math.inf)
+    # smallest passing gap = first j with share <= eps = first j whose prefix minimum is
+    # <= eps (the prefix minimum does not increase, so a searchsorted finds it)
+    prefix_min = share.cummin(dim=1).values
     eps = torch.tensor(list(epsilons), dtype=torch.float64, device=gaps.device)
-    last = torch.searchsorted(suffix_min, eps.expand(T, -1).contiguous(), side="right") - 1  # [T, E]
-    beta = s.gather(1, last.clamp(min=0))
-    return torch.where(last >= 0, beta, torch.full_like(beta, math.inf)).T.contiguous()
+    first = torch.searchsorted(-prefix_min, -eps.expand(T, -1).contiguous(), side="left")  # [T, E]
+    beta = s.gather(1, first.clamp(max=N - 1))
+    return torch.where(first < N, beta, torch.full_like(beta, math.inf)).T.contiguous()
 
 
 def grid_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float], bins: int = 100) -> Tensor:
@@ -209,10 +236,11 @@ def grid_gap_thresholds(gaps: Tensor, settled: Tensor, epsilons: Sequence[float]
     T, N = gaps.shape
     disc = gaps.max() / bins
     grid = torch.arange(bins, dtype=gaps.dtype, device=gaps.device) * disc  # [M], the gaps' dtype
-    s, cum, asc = _sorted_counts(gaps, settled)
-    # kept[t, m] = #(gap_t > grid[m]) = position of -grid[m] in the ascending -s
-    kept = torch.searchsorted(asc, (-grid).expand(T, -1).contiguous(), side="left")  # [T, M]
-    conf = cum.gather(1, kept).float() / kept.float()  # 0/0 = NaN
+    s, cum = _sorted_counts(gaps, settled)
+    # kept[t, m] = #(gap_t > grid[m]): the samples after the last one <= grid[m]
+    below = torch.searchsorted(s, grid.expand(T, -1).contiguous(), side="right")  # [T, M]
+    kept = N - below
+    conf = (cum[:, -1:] - cum.gather(1, below)).float() / kept.float()  # 0/0 = NaN
     conf = conf.T.clone()  # [M, T]
     conf[-1] = 1.0
     out = []

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import _native
 from ..trace import Trace
 from ..validation import check_choice, check_positive_int, check_unit_interval
 from .base import CutoffPolicy
@@ -37,8 +38,16 @@ from .functional import (
 
 
 def _trace_top2(trace: Trace) -> tuple[Tensor, Tensor]:
-    """``(gap, argmax)`` ``[T, N]`` of a trace, computed once and kept with it."""
-    gap, argmax = trace.cached("top2_gap", lambda: top2_gap(trace.outputs))
+    """``(gap, argmax)`` ``[T, N]`` of a trace, computed once and kept with it.
+
+    A trace's outputs are validated finite, so the compiled one-pass kernel applies
+    where it was built (same values as :func:`top2_gap`)."""
+
+    def compute() -> tuple[Tensor, Tensor]:
+        native = _native.top2_gap(trace.outputs)
+        return native if native is not None else top2_gap(trace.outputs)
+
+    gap, argmax = trace.cached("top2_gap", compute)
     trace.cached("predictions", lambda: argmax)  # the same argmax, for free
     return gap, argmax
 

@@ -1,0 +1,63 @@
+"""The compiled top-2 kernel against the pure-torch top2_gap (and torch.topk)."""
+
+import pytest
+import torch
+
+from snncutoff import TopKGap, Trace, _native
+from snncutoff.cutoff.functional import top2_gap
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="the optional C kernel was not built (no compiler)")
+
+ROWS = _native._MIN_ROWS + 123  # above the size where the kernel takes over
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["baseline", "avx2", "avx512"])
+def level(request):
+    _native.force_level(request.param)
+    yield request.param
+    _native.force_level(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [2, 3, 7, 8, 15, 16, 17, 31, 100, 257])
+def test_kernel_equals_torch_with_ties(level, dtype, C):
+    g = torch.Generator().manual_seed(C)
+    # few distinct values: ties for the maximum in many rows, signed zeros too
+    x = (torch.randint(-3, 3, (ROWS, C), generator=g).to(dtype) * 0.5)
+    x[::7] = -x[::7]
+    gap, idx = _native.top2_gap(x)
+    ref_gap, ref_idx = top2_gap(x)
+    assert torch.equal(gap, ref_gap) and torch.equal(idx, ref_idx)
+    assert (gap == 0).any()  # the ties were exercised
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_equals_topk_on_continuous_values(level, dtype):
+    x = torch.randn(4, ROWS // 4, 100, generator=torch.Generator().manual_seed(1), dtype=dtype) * 1e3
+    gap, idx = _native.top2_gap(x)
+    top = torch.topk(x, 2, dim=-1).values
+    assert gap.shape == idx.shape == x.shape[:-1]
+    assert torch.equal(gap, top[..., 0] - top[..., 1])
+    assert torch.equal(idx, x.argmax(dim=-1))
+
+
+def test_kernel_declines_what_it_does_not_cover():
+    x = torch.randn(ROWS, 10)
+    assert _native.top2_gap(x[:100]) is None  # small: torch is as fast
+    assert _native.top2_gap(x.T) is None  # not contiguous
+    assert _native.top2_gap(x.half()) is None  # dtype without a kernel
+    assert _native.top2_gap(x[:, :1].contiguous()) is None  # C < 2
+
+
+def test_policy_results_do_not_depend_on_the_kernel(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 10, (ROWS // 8,), generator=g)
+    steps = torch.randn(8, labels.shape[0], 10, generator=g)
+    steps[:, torch.arange(labels.shape[0]), labels] += 0.5
+    cal, test = Trace.from_steps(steps, labels), Trace.from_steps(steps.flip(0), labels)
+    with_kernel = TopKGap(0.02).fit(cal).evaluate(test)
+    monkeypatch.setattr(_native, "_TOP2", {})
+    cal, test = Trace(cal.outputs, cal.labels), Trace(test.outputs, test.labels)  # nothing cached
+    without = TopKGap(0.02).fit(cal).evaluate(test)
+    assert torch.equal(with_kernel.exit_step, without.exit_step)
+    assert torch.equal(with_kernel.predictions, without.predictions)
