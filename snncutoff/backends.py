@@ -244,6 +244,59 @@ class Backend:
             return self._readout(net, net(x_seq), readout)
         return torch.stack([self.step(net, x_seq[t], readout) for t in range(x_seq.shape[0])])
 
+    def block_plan(self, net: nn.Module, readout: Readout = "auto") -> list[tuple[nn.Module, bool]] | None:
+        """How :meth:`run_block` may run a single-step ``net`` layer by layer, or None.
+
+        Possible for an ``nn.Sequential`` whose children either hold no state (run once
+        on all ``k * N`` rows of a block) or hold neurons (stepped k times in order),
+        with ``readout`` ``"auto"`` / ``"spikes"``, or ``"membrane"`` when the last child
+        holds the last neuron. Returns ``[(child, stateful)]``.
+        """
+        if not isinstance(net, nn.Sequential) or len(net) == 0 or self.is_multistep(net):
+            return None
+        plan = [(child, any(self.is_stateful(m) for m in child.modules())) for child in net]
+        if callable(readout) or (readout == "membrane" and not plan[-1][1]):
+            return None
+        return plan
+
+    def run_block(
+        self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto",
+        plan: list[tuple[nn.Module, bool]] | None = None,
+    ) -> Tensor:
+        """The next k steps at once: ``[k, N, ...] -> [k, N, C]`` per-step outputs, state kept.
+
+        Same values as k calls of :meth:`step`, computed with fewer calls: a multi-step
+        network takes the block in one call; with a ``plan`` (:meth:`block_plan`) every
+        stateless layer runs once on the ``k * N`` rows and every neuron layer steps
+        through the k steps; otherwise a loop of :meth:`step`.
+        """
+        if self.is_multistep(net):
+            return self.run(net, x_seq, readout, True)
+        if plan is None:
+            return self.run(net, x_seq, readout, False)
+        k, n = x_seq.shape[:2]
+        h: Any = x_seq
+        last = len(plan) - 1
+        for i, (child, stateful) in enumerate(plan):
+            if not stateful:
+                h = child(h.flatten(0, 1)).unflatten(0, (k, n))
+            elif i == last and readout == "membrane":  # the membrane of every step, read as it goes
+                return torch.stack([self._readout(net, child(h[t]), readout) for t in range(k)])
+            else:
+                h = self.step_sequence(child, h)
+        return self._readout(net, h, readout)
+
+    def step_sequence(self, module: nn.Module, x_seq: Tensor) -> Any:
+        """Step a single-step ``module`` holding neurons through ``x_seq`` ``[k, N, ...]``.
+
+        Returns the stacked per-step outputs (a tuple of stacks for tuple outputs). Adapters
+        override this where the framework runs a sequence faster in one call.
+        """
+        outs = [module(x_seq[t]) for t in range(x_seq.shape[0])]
+        if isinstance(outs[0], (tuple, list)):
+            return tuple(torch.stack(parts) for parts in zip(*outs))
+        return torch.stack(outs)
+
     @contextmanager
     def record(
         self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,

@@ -63,7 +63,109 @@ def _resolve_T(policy: CutoffPolicy, T: int | None) -> int:
     return T
 
 
+def _block_length(block: int | str, t: int, T: int, running: int | None, capacity: int | None) -> int:
+    """Steps to run before the next decision point (``block="auto"``: see :func:`early_exit`)."""
+    if block == "auto":
+        k = 1 if running is None else max(1, capacity // (2 * running))
+    else:
+        k = block
+    return min(k, T - t)
+
+
+def _check_block(block: int | str) -> int | str:
+    if block == "auto" or (isinstance(block, int) and not isinstance(block, bool) and block >= 1):
+        return block
+    raise ValueError(f"block must be 'auto' or an integer >= 1, got {block!r}")
+
+
+def _running_sum(start: Tensor | None, steps: Tensor) -> Tensor:
+    """``start + steps[0]``, ``+ steps[1]``, ... added one step at a time in float64 (``[k, ...]``).
+
+    The same additions, in the same order, as the float64 cumulative sum of
+    :meth:`Trace.from_steps`, so blocks of any length give the same bits."""
+    steps = steps.double()
+    if start is None:
+        return steps.cumsum(0)
+    if steps.shape[0] == 1:
+        return (start + steps[0]).unsqueeze(0)
+    return torch.cat([start.unsqueeze(0), steps]).cumsum(0)[1:]
+
+
 @torch.no_grad()
+def _exits(backend, net, frames_for, policy: CutoffPolicy, T: int, readout, count_ops: bool,
+           block: int | str) -> Iterator[ExitEvent]:
+    """The early-exit loop shared by every form.
+
+    ``frames_for(t0, k, running)`` returns the inputs of steps ``t0 .. t0 + k - 1`` for
+    the running samples, ``[k', n, ...]`` (``k' <= k``), or None when the input has ended.
+    """
+    multistep = backend.is_multistep(net)
+    plan = None if multistep else backend.block_plan(net, readout)
+    if plan is None and not multistep:
+        block = 1  # stepping through a block one call at a time saves nothing
+    stateful = backend.stateful_modules(net)  # found once, not at every exit
+    was_training = net.training
+    net.eval()
+    backend.reset(net)
+    running: Tensor | None = None  # original indices of the samples still running
+    capacity: int | None = None
+    cum: Tensor | None = None  # float64 cumulative outputs of the running samples
+    spent: Tensor | None = None  # operations spent so far by the running samples
+    recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
+    rec = recorder.__enter__() if recorder is not None else None
+    try:
+        t = 0
+        while t < T:
+            k = _block_length(block, t, T, None if running is None else running.numel(), capacity)
+            x = frames_for(t, k, running)
+            if x is None:
+                raise ValueError(f"frames ended after {t} steps with samples still running (T = {T})")
+            k = x.shape[0]
+            if running is None:
+                running = torch.arange(x.shape[1], device=x.device)
+                capacity = x.shape[1]
+            if k == 1 and not multistep:
+                y = backend.step(net, x[0], readout).unsqueeze(0)
+            else:
+                y = backend.run_block(net, x, readout, plan)
+            check_finite(f"outputs at step {t}" if k == 1 else f"outputs at steps {t}..{t + k - 1}", y)
+            cum_k = _running_sum(cum, y)  # [k, n, C]
+            out = cum_k.to(y.dtype)
+            spent_k = None
+            if rec is not None:
+                block_ops = rec.take_ops(k)
+                spent_k = _running_sum(spent, block_ops.view(k, -1))
+            if t + k == T:  # the forced exit (also for rules that need no fit)
+                done = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+                if k > 1:
+                    done[:-1] = policy.exit_block(t, out[:-1])
+            else:
+                done = policy.exit_block(t, out)
+            exited = done[0] if k == 1 else done.any(0)
+            if bool(exited.any()):
+                first = done.to(torch.uint8).argmax(0)  # [n]: the block step of each exit
+                for j in first[exited].unique().tolist():
+                    rows = (exited & (first == j)).nonzero().flatten()
+                    yield ExitEvent(t + j + 1, running[rows.to(running.device)], out[j, rows].argmax(-1),
+                                    spent_k[j, rows] if spent_k is not None else None)
+                keep = (~exited).nonzero().flatten()
+                if keep.numel() == 0:
+                    return
+                for m in stateful:
+                    backend.select_module(m, keep)
+                running, cum = running[keep.to(running.device)], cum_k[-1, keep]
+                spent = spent_k[-1, keep] if spent_k is not None else None
+            else:
+                cum = cum_k[-1]
+                spent = spent_k[-1] if spent_k is not None else None
+            t += k
+    finally:
+        if recorder is not None:
+            recorder.__exit__(None, None, None)
+        backend.reset(net)
+        net.train(was_training)
+
+
 def stream_early_exit(
     backend: Any,
     net: nn.Module,
@@ -97,52 +199,17 @@ def stream_early_exit(
     if isinstance(backend, str):
         backend = _backends.get(backend)
     T = _resolve_T(policy, T)
-    multistep = backend.is_multistep(net)
-    stateful = backend.stateful_modules(net)  # found once, not at every exit
-    was_training = net.training
-    net.eval()
-    backend.reset(net)
-    running: Tensor | None = None  # original indices of the samples still running
-    cum: Tensor | None = None  # float64 cumulative outputs of the running samples
-    spent: Tensor | None = None  # operations spent so far by the running samples
-    recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
-    rec = recorder.__enter__() if recorder is not None else None
-    try:
-        t = -1
-        for t, frame in enumerate(frames):
-            if t >= T:
-                break
-            if running is None:
-                running = torch.arange(frame.shape[0], device=frame.device)
-            x = frame if running.numel() == frame.shape[0] else frame[running.to(frame.device)]
-            y = backend.run(net, x.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x, readout)
-            check_finite(f"outputs at step {t}", y)
-            cum = y.double() if cum is None else cum + y.double()
-            out_t = cum.to(y.dtype)
-            if rec is not None:
-                step_ops = rec.take_ops()
-                spent = step_ops if spent is None else spent + step_ops
-            done = torch.ones(out_t.shape[0], dtype=torch.bool, device=out_t.device) if t == T - 1 \
-                else policy.exit_now(t, out_t).to(out_t.device)
-            if bool(done.any()):
-                rows = done.nonzero().flatten()
-                yield ExitEvent(t + 1, running[rows.to(running.device)], out_t[rows].argmax(-1),
-                                spent[rows] if spent is not None else None)
-                keep = (~done).nonzero().flatten()
-                if keep.numel() == 0:
-                    return
-                for m in stateful:
-                    backend.select_module(m, keep)
-                running, cum = running[keep.to(running.device)], cum[keep]
-                if spent is not None:
-                    spent = spent[keep]
-        if running is not None and t < T - 1:
-            raise ValueError(f"frames ended after {t + 1} steps with samples still running (T = {T})")
-    finally:
-        if recorder is not None:
-            recorder.__exit__(None, None, None)
-        backend.reset(net)
-        net.train(was_training)
+    it = iter(frames)
+
+    def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor | None:
+        frame = next(it, None)
+        if frame is None:
+            return None
+        if running is not None and running.numel() != frame.shape[0]:
+            frame = frame[running.to(frame.device)]
+        return frame.unsqueeze(0)
+
+    yield from _exits(backend, net, frames_for, policy, T, readout, count_ops, 1)
 
 
 def early_exit(
@@ -155,26 +222,48 @@ def early_exit(
     encoder: Encoder = "direct",
     readout: str | Callable = "auto",
     count_ops: bool = False,
+    block: int | str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Early exit on one batch.
 
     Args:
         inputs: the batch as the encoder expects it (``[N, ...]`` static images for
             ``"direct"``, ``[N, T, ...]`` frames for ``"frames"``, ``[T, N, ...]`` for ``"time_major"``).
+        block: steps run between two decision points. ``1``: decide after every step.
+            ``"auto"`` (default): one step while many samples run, then, once only n of
+            the batch's N samples are left, blocks of ``N // (2 n)`` steps in one call
+            (a multi-step network, or a single-step ``nn.Sequential`` run layer by layer:
+            see :meth:`Backend.run_block`), so the last few samples do not pay a whole
+            network call per step. Decisions, exit steps, predictions and operations are
+            the same for every block length: only the compute spent by samples after
+            their exit inside a block differs (it is not counted in ``ops``).
     Returns:
         ``(exit_step [N] (1-based), predictions [N], ops [N] or None)``.
     """
+    from . import backends as _backends
+
+    if isinstance(backend, str):
+        backend = _backends.get(backend)
     T = _resolve_T(policy, T)
+    block = _check_block(block)
     if encoder == "direct":  # no need to materialise T copies of a static batch
-        frames: Iterable[Tensor] = (inputs for _ in range(T))
         n = inputs.shape[0]
+
+        def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor:
+            x = inputs if running is None or running.numel() == n else inputs[running.to(inputs.device)]
+            return x.unsqueeze(0).expand(k, *x.shape)
     else:
-        frames = encode(inputs, T, encoder)
-        n = frames.shape[1]
+        seq = encode(inputs, T, encoder)
+        n = seq.shape[1]
+
+        def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor:
+            x = seq[t0 : t0 + k]
+            return x if running is None or running.numel() == n else x[:, running.to(x.device)]
+
     exit_step = torch.full((n,), T, dtype=torch.long)
     predictions = torch.empty(n, dtype=torch.long)
     ops = torch.zeros(n, dtype=torch.float64) if count_ops else None
-    for ev in stream_early_exit(backend, net, frames, policy, T, readout=readout, count_ops=count_ops):
+    for ev in _exits(backend, net, frames_for, policy, T, readout, count_ops, block):
         idx = ev.indices.cpu()
         exit_step[idx] = ev.step
         predictions[idx] = ev.predictions.cpu()
@@ -196,6 +285,7 @@ def early_exit_loader(
     device: torch.device | str | None = None,
     refill: bool = False,
     capacity: int | None = None,
+    block: int | str = "auto",
     progress: bool = True,
 ) -> CutoffResult:
     """Early exit over a whole data loader: a :class:`CutoffResult` with ``wall_time_s``.
@@ -206,6 +296,8 @@ def early_exit_loader(
     is filled by the next sample of the loader at once, so each step runs a full batch
     until the data runs out ("continuous batching"; each sample keeps its own step count
     and starts from the initial state). Exit steps and predictions are the same either way.
+    ``block`` is :func:`early_exit`'s (batches without refill; a refilled pool steps one
+    step at a time, as its rows are at different steps).
 
     ``wall_time_s`` covers the network steps, decisions and state bookkeeping (data
     loading included only with ``refill``); ``ops_at_exit`` holds each sample's
@@ -223,7 +315,8 @@ def early_exit_loader(
         if x.is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        e, p, o = early_exit(backend, net, x, policy, T, encoder=encoder, readout=readout, count_ops=count_ops)
+        e, p, o = early_exit(backend, net, x, policy, T, encoder=encoder, readout=readout, count_ops=count_ops,
+                             block=block)
         wall += time.perf_counter() - t0
         steps.append(e)
         preds.append(p)

@@ -124,15 +124,20 @@ class Recorder:
         src = self.spikes if which == "spikes" else self.membranes
         return {k: (torch.cat(v) if self.multistep else torch.stack(v)) for k, v in src.items() if v}
 
-    def take_ops(self) -> Tensor | None:
-        """Operations per sample of the calls since the last ``take_ops`` (``[N]``), then forget them.
+    def take_ops(self, steps: int = 1) -> Tensor | None:
+        """Operations per sample of the calls since the last ``take_ops``, then forget them.
 
-        For streaming: one single-step call per step, so this is the step's cost.
+        For streaming: the calls since the last take cover ``steps`` steps (one
+        single-step call per step, or a block of steps run at once), time-major. Returns
+        ``[N]`` for one step, ``[steps, N]`` otherwise.
         """
-        parts = [torch.stack(v).sum(0) for v in self._op_calls.values() if v]
+        parts = [torch.cat(v).view(steps, -1) for v in self._op_calls.values() if v]
         for v in self._op_calls.values():
             v.clear()
-        return torch.stack(parts).sum(0) if parts else None
+        if not parts:
+            return None
+        total = torch.stack(parts).sum(0)
+        return total[0] if steps == 1 else total
 
     def clear(self) -> None:
         """Forget everything recorded so far (hooks stay)."""

@@ -184,3 +184,82 @@ def test_users_own_spikingjelly_net(step_mode):
     real = sc.early_exit_loader(backend, net, DATA, policy, count_ops=True, progress=False)
     assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
     assert torch.equal(post.ops_at_exit, real.ops_at_exit)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("block", [1, 3, "auto"])
+def test_block_length_changes_nothing_but_speed(name, block):
+    """Steps run between decisions (one call per block) leave exits, predictions and ops as they were."""
+    backend = backend_or_skip(name)
+    ann = trained_digits_cnn("qcfs")
+    train, test = digits_loaders()
+    snn = backend.convert(ann)
+    cal = sc.collect_trace(backend, snn, train, T=12, progress=False)
+    batch = [next(iter(test))]
+    trace = sc.collect_trace(backend, snn, batch, T=12, count_ops=True, progress=False)
+    for policy in _policies(cal):
+        post = policy.evaluate(trace)
+        steps, preds, ops = sc.early_exit(backend, snn, batch[0][0], policy, T=12, count_ops=True, block=block)
+        assert torch.equal(post.exit_step, steps) and torch.equal(post.predictions, preds), policy
+        assert torch.equal(post.ops_at_exit, ops), policy
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_run_block_equals_single_steps(name):
+    backend = backend_or_skip(name)
+    data = random_batches(n=16, batches=1, seed=5)
+    snn = backend.convert(small_ann(), calibration=data)
+    x_seq = sc.encode(data[0][0], 9)
+    plan = backend.block_plan(snn)
+    assert plan is not None and [s for _, s in plan].count(True) == 2
+    with torch.no_grad():
+        backend.reset(snn)
+        stepped = torch.stack([backend.step(snn, x_seq[t]) for t in range(9)])
+        backend.reset(snn)
+        blocked = torch.cat([backend.run_block(snn, x_seq[:4], plan=plan),
+                             backend.run_block(snn, x_seq[4:], plan=plan)])
+    assert torch.equal(stepped, blocked)
+    assert backend.block_plan(snn, readout=lambda out: out) is None  # a callable readout may read state: steps
+
+
+def test_block_plan_on_users_snntorch_net_with_membrane_readout():
+    snn = pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
+                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(32, 10),
+                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    backend = sc.backends.get("snntorch")
+    data = random_batches(n=32, batches=1, seed=4)
+    for readout in ("spikes", "membrane"):
+        trace = sc.collect_trace(backend, net, data, T=10, readout=readout, progress=False)
+        for policy in (Confidence(0.3), TopKGap(0.1).fit(trace)):
+            post = policy.evaluate(trace)
+            steps, preds, _ = sc.early_exit(backend, net, data[0][0], policy, T=10, readout=readout, block=4)
+            assert torch.equal(post.exit_step, steps) and torch.equal(post.predictions, preds)
+
+
+def test_block_on_a_users_spikingjelly_sequential():
+    backend = backend_or_skip("spikingjelly")
+    from .test_users_nets import _sj
+
+    functional, layer, neuron, surrogate = _sj()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(layer.Conv2d(1, 6, 3, padding=1), neuron.IFNode(surrogate_function=surrogate.ATan()),
+                              layer.Flatten(), layer.Linear(6 * 8 * 8, 10), neuron.LIFNode(tau=2.0))
+    data = random_batches(n=40, batches=1, seed=6)
+    trace = sc.collect_trace(backend, net, data, T=9, count_ops=True, progress=False)
+    policy = TopKGap(0.2).fit(trace)
+    post = policy.evaluate(trace)
+    steps, preds, ops = sc.early_exit(backend, net, data[0][0], policy, count_ops=True, block=5)
+    assert torch.equal(post.exit_step, steps) and torch.equal(post.predictions, preds)
+    assert torch.equal(post.ops_at_exit, ops)
+    assert all(getattr(m, "step_mode", "s") == "s" for m in net.modules())  # left as it was
+
+
+@pytest.mark.parametrize("block", [0, -2, 1.5, "fast", True])
+def test_bad_block_is_refused(block):
+    backend = backend_or_skip("snntorch")
+    data = random_batches(n=4, batches=1)
+    snn = backend.convert(small_ann(), calibration=data)
+    with pytest.raises(ValueError, match="block must be 'auto' or an integer >= 1"):
+        sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4, block=block)

@@ -88,6 +88,18 @@ def test_evaluate_equals_exit_now_step_by_step(tr, policy):
     assert torch.equal(r.exit_step, exit_step)
 
 
+@SETTINGS
+@given(traces(), policies(), st.data())
+def test_exit_block_rows_equal_exit_now(tr, policy, data):
+    policy.fit(tr)
+    t0 = data.draw(st.integers(0, tr.T - 1))
+    k = data.draw(st.integers(1, tr.T - t0))
+    block = policy.exit_block(t0, tr.outputs[t0 : t0 + k])
+    assert block.shape == (k, tr.N)
+    for j in range(k):
+        assert torch.equal(block[j], policy.exit_now(t0 + j, tr.outputs[t0 + j]))
+
+
 @st.composite
 def trace_pairs(draw) -> tuple[Trace, Trace]:
     cal = draw(traces())

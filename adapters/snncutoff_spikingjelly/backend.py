@@ -29,7 +29,7 @@ from snncutoff.spec import LIF
 from snncutoff.validation import check_choice
 
 from ._compat import INSTALL_HINT, cupy_available, set_cuda_implementation, sj
-from .neurons import if_neuron, lif_neuron
+from .neurons import ScaledNeuron, if_neuron, lif_neuron
 
 log = logging.getLogger("snncutoff.spikingjelly")
 GPU_KERNELS = ("auto", "cupy", "triton", "torch")
@@ -181,6 +181,18 @@ class SpikingJellyBackend(Backend):
         finally:
             for mod, was in zip(neurons, modes):
                 mod.train(was)
+
+    def step_sequence(self, module: nn.Module, x_seq: Tensor) -> Any:
+        """A single-step neuron (or a :class:`ScaledNeuron`) runs the block in SpikingJelly's
+        multi-step mode, one call (the same update as k single steps); anything else steps."""
+        node = module.node if isinstance(module, ScaledNeuron) else module
+        if not (self.is_spiking(node) and getattr(node, "step_mode", None) == "s"):
+            return super().step_sequence(module, x_seq)
+        node.step_mode = "m"
+        try:
+            return module(x_seq)
+        finally:
+            node.step_mode = "s"
 
     @contextmanager
     def record(self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,

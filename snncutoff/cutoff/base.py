@@ -119,6 +119,43 @@ class CutoffPolicy:
         mask = self._passes(self._trace_scores(trace), thresholds.view(-1, 1))
         return CutoffResult.from_exit_steps(trace, first_exit(mask), repr(self))
 
+    def _check_step_outputs(self, outputs: Tensor, dims: int, what: str) -> None:
+        if not isinstance(outputs, Tensor) or outputs.dim() != dims:
+            shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
+            raise ValueError(f"{what}, got {shape}")
+        if self.min_classes > 1:
+            check_min_classes(outputs.shape[-1], type(self).__name__)
+
+    def _step_thresholds(self, lo: int, hi: int, t: int | Tensor) -> Tensor | None:
+        """Thresholds of steps ``t`` (all within ``[lo, hi]``); None for an unfitted rule."""
+        if self._is_fitted():
+            if lo < 0 or hi >= self.T_:
+                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t}")
+            return self._fitted_thresholds()
+        if self.needs_fit:
+            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before exit_now / exit_block")
+        if lo < 0:
+            raise ValueError(f"t must be >= 0, got {t}")
+        return None
+
+    @torch.no_grad()
+    def exit_block(self, t0: int, outputs: Tensor) -> Tensor:
+        """On-line decisions after steps ``t0 .. t0 + k - 1`` (0-based) from cumulative outputs ``[k, N, C]``.
+
+        Returns ``[k, N]`` bool; row j is exactly ``exit_now(t0 + j, outputs[j])`` (one
+        call for a block of steps run at once). A fitted policy also returns True at its
+        last step ``T_ - 1`` (the forced exit).
+        """
+        self._check_step_outputs(outputs, 3, "outputs must be the cumulative outputs [k, N, C] of k steps")
+        k = outputs.shape[0]
+        thresholds = self._step_thresholds(t0, t0 + k - 1, t0)
+        if thresholds is None:
+            return self._passes(self._scores(outputs, t0), self._rule_threshold())
+        decision = self._passes(self._scores(outputs, t0), thresholds.to(outputs.device)[t0 : t0 + k].view(-1, 1))
+        if t0 + k == self.T_:
+            decision[-1] = True
+        return decision
+
     @torch.no_grad()
     def exit_now(self, t: int | Tensor, outputs_t: Tensor) -> Tensor:
         """On-line decision after step ``t`` (0-based) from cumulative outputs ``[N, C]``.
@@ -128,36 +165,18 @@ class CutoffPolicy:
         Returns ``[N]`` bool. A fitted policy also returns True at its last step
         ``T_ - 1`` (the forced exit); an unfitted rule-based one leaves that to the caller.
         """
-        if not isinstance(outputs_t, Tensor) or outputs_t.dim() != 2:
-            shape = tuple(outputs_t.shape) if isinstance(outputs_t, Tensor) else type(outputs_t).__name__
-            raise ValueError(f"outputs_t must be the cumulative outputs [N, C] of one step, got {shape}")
-        if self.min_classes > 1:
-            check_min_classes(outputs_t.shape[1], type(self).__name__)
-        per_row = isinstance(t, Tensor)
-        if per_row:
-            t = t.to(device=outputs_t.device, dtype=torch.long)
-            if t.shape != (outputs_t.shape[0],):
-                raise ValueError(f"t must be an int or a [N] = [{outputs_t.shape[0]}] tensor, got {tuple(t.shape)}")
-        if per_row:
-            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-        else:
-            lo = hi = t
-        forced = None
-        if self._is_fitted():
-            if lo < 0 or hi >= self.T_:
-                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t}")
-            if not per_row and t == self.T_ - 1:
-                return torch.ones(outputs_t.shape[0], dtype=torch.bool, device=outputs_t.device)
-            thr = self._fitted_thresholds().to(outputs_t.device)[t]
-            forced = t == self.T_ - 1 if per_row else None
-        elif self.needs_fit:
-            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before exit_now")
-        else:
-            if lo < 0:
-                raise ValueError(f"t must be >= 0, got {t}")
-            thr = self._rule_threshold()
-        decision = self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thr)
-        return decision | forced if forced is not None else decision
+        self._check_step_outputs(outputs_t, 2, "outputs_t must be the cumulative outputs [N, C] of one step")
+        if not isinstance(t, Tensor):
+            return self.exit_block(t, outputs_t.unsqueeze(0))[0]
+        t = t.to(device=outputs_t.device, dtype=torch.long)
+        if t.shape != (outputs_t.shape[0],):
+            raise ValueError(f"t must be an int or a [N] = [{outputs_t.shape[0]}] tensor, got {tuple(t.shape)}")
+        lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+        thresholds = self._step_thresholds(lo, hi, t)
+        if thresholds is None:
+            return self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], self._rule_threshold())
+        decision = self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thresholds.to(outputs_t.device)[t])
+        return decision | (t == self.T_ - 1)
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
         """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""
