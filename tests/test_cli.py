@@ -173,8 +173,12 @@ def test_speed_early_exit(tmp_path):
                                     "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
+    assert d["block"] == "auto"
     for e in d["backends"].values():
-        assert {"realised_speedup", "ideal_speedup", "realised_over_ideal"} <= set(e)
+        assert {"realised_speedup", "ideal_speedup", "realised_over_ideal", "step_by_step_seconds",
+                "full_block_seconds", "no_exit_overhead"} <= set(e)
+    res = CliRunner().invoke(main, ["speed", "--early-exit", "--block", "0", "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 2 and "must be 'auto' or an integer >= 1" in res.output
 
 
 def test_core_speed_small():

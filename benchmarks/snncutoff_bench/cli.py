@@ -295,6 +295,14 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
     _finish(results, out, as_json, sweep_table(results), quiet)
 
 
+def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"must be 'auto' or an integer >= 1, got {value!r}")
+    return int(value)
+
+
 @main.command()
 @click.option("--model", default="cnn", show_default=True, help="cnn (digits size) or vgg11 / vgg16 (CIFAR size).")
 @click.option("--batch-size", default=128, show_default=True, type=int)
@@ -306,6 +314,8 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
               help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
 @click.option("--epsilon", default=0.0, show_default=True, type=float,
               help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
+@click.option("--block", default="auto", show_default=True, callback=_block_option,
+              help="Steps between decisions of --early-exit: 'auto' or an integer (1: decide after every step).")
 @click.option("--gpu-kernel", default=None, type=click.Choice(["auto", "cupy", "triton", "torch"]),
               help="SpikingJelly kernel family (0.0.0.0.14: cupy/torch; 2.x: auto/triton/torch).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -314,8 +324,8 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, gpu_kernel, cache_dir, output_dir,
-          quiet, as_json) -> None:
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, block, gpu_kernel, cache_dir,
+          output_dir, quiet, as_json) -> None:
     """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
     from . import speed as sp
 
@@ -332,12 +342,15 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         split = data.digits()
         ann, _ = trained_ann(cfg, split, quiet)
         train, test = split.loaders(batch_size, shuffle_train=False)
-        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, test))
+        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, test),
+                                      block)
         rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
-                "realised / ideal | overhead, nothing exits | test set, refill: speed-up / ideal |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "realised / ideal | same, block=1 | vs all T in one block | overhead, nothing exits | "
+                "test set, refill: speed-up / ideal |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows += [f"| {n} | {e['full_seconds']:.4f} | {e['early_exit_seconds']:.4f} | {e['mean_exit_step']:.2f} | "
                  f"{e['realised_speedup']:.2f}x | {e['ideal_speedup']:.2f}x | {e['realised_over_ideal']:.2f} | "
+                 f"{e['step_by_step_over_ideal']:.2f} | {e['realised_speedup_vs_full_block']:.2f}x | "
                  f"{100 * e['no_exit_overhead']:+.1f}% | {e['loader_refill_speedup']:.2f}x / "
                  f"{e['loader_ideal_speedup']:.2f}x |" for n, e in results["backends"].items()]
     else:
@@ -380,6 +393,9 @@ def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
     for name, sec, ratio in rows:
         click.echo(f"| {name} | {sec:.3f} | {ratio:.1f}x |")
     click.echo(f"\nsweep / single fit+evaluate: {d['sweep_over_single_fit_evaluate']:.2f}x")
+    if not d["native_kernel"]:
+        click.echo("(the optional C top-2 kernel is not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
+                   "about 3x slower on new traces; reinstall with a C compiler present)")
 
 
 @main.command()

@@ -17,7 +17,7 @@ def _version(dist: str) -> str | None:
 
 def describe() -> dict:
     """JSON-ready description of the environment snncutoff runs in."""
-    from snncutoff import backends
+    from snncutoff import _native, backends
 
     cuda = torch.cuda.is_available()
     d = {
@@ -32,6 +32,7 @@ def describe() -> dict:
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "cpu_threads": torch.get_num_threads(),
+        "native_top2_kernel": _native.available(),
         "backends": {},
     }
     for name in backends.names():

@@ -135,17 +135,21 @@ def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: i
 
 def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, policy: str = "topk",
                      names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
-                     ann: nn.Module | None = None, data=None) -> dict:
+                     ann: nn.Module | None = None, data=None, block: int | str = "auto") -> dict:
     """Wall time of streaming early exit vs the plain step loop over all T, per backend.
 
     With a trained network and its data (``ann``, ``data`` = (calibration loader, test
     loader)), the policy is fitted on a calibration trace; ``realised_speedup`` is the
-    step-loop time over the early-exit time on one batch of ``batch`` test samples,
-    ``ideal_speedup`` is ``T / mean exit step``. The ``loader_*`` figures do the same over
-    the whole test loader, with continuous batching (``early_exit_loader(refill=True)``).
+    step-loop time over the early-exit time (``block``, see :func:`snncutoff.early_exit`)
+    on one batch of ``batch`` test samples, ``ideal_speedup`` is ``T / mean exit step``.
+    Measured in the same run: early exit deciding after every step (``block=1``), and
+    all T steps in one block call (``full_block_seconds``: multi-step, or layer by layer),
+    the fastest way to run every step. The ``loader_*`` figures cover the whole test
+    loader, with continuous batching (``early_exit_loader(refill=True)``).
     """
     cuda = device.startswith("cuda")
-    out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "backends": {}}
+    out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "block": block,
+           "backends": {}}
     cal_loader, test_loader = data
     x = torch.cat([b[0] for b in test_loader])[:batch].to(device)
     for name in names or [n for n in backends.names() if backends.available(n)[0]]:
@@ -154,21 +158,28 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         cal = sc.collect_trace(b, snn, cal_loader, T, device=device, progress=False)
         p = (sc.TopKGap(epsilon) if policy == "topk" else sc.Conformal(epsilon)).fit(cal)
         x_seq = sc.encode(x, T)
+        plan = b.block_plan(snn)
 
         def full(b=b, snn=snn, x_seq=x_seq):
             b.reset(snn)
             for t in range(T):
                 b.step(snn, x_seq[t])
 
-        def early(b=b, snn=snn, p=p):
-            return sc.early_exit(b, snn, x, p, T)
+        def full_block(b=b, snn=snn, x_seq=x_seq, plan=plan):
+            b.reset(snn)
+            b.run_block(snn, x_seq, plan=plan)
+
+        def early(b=b, snn=snn, p=p, k=block):
+            return sc.early_exit(b, snn, x, p, T, block=k)
 
         def never(b=b, snn=snn):  # Confidence(0) never exits before T: the streaming loop's overhead
-            return sc.early_exit(b, snn, x, sc.Confidence(0.0), T)
+            return sc.early_exit(b, snn, x, sc.Confidence(0.0), T, block=block)
 
         with torch.no_grad():
             t_full = _best(full, repeats, cuda)
+            t_full_block = _best(full_block, repeats, cuda)
             t_early = _best(early, repeats, cuda)
+            t_step_by_step = _best(lambda: early(k=1), repeats, cuda)
             t_never = _best(never, repeats, cuda)
         steps, _, _ = early()
         ideal = T / float(steps.double().mean())
@@ -190,6 +201,8 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         out["backends"][name] = {
             "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
+            "step_by_step_seconds": t_step_by_step, "step_by_step_over_ideal": t_full / t_step_by_step / ideal,
+            "full_block_seconds": t_full_block, "realised_speedup_vs_full_block": t_full_block / t_early,
             "no_exit_seconds": t_never, "no_exit_overhead": t_never / t_full - 1.0,
             "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
             "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
