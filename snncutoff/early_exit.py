@@ -5,7 +5,9 @@ decides from their cumulative outputs (``policy.exit_now(t, O_t)`` — the same 
 ``policy.evaluate`` on a trace); exiting samples are recorded (exit step ``t + 1``,
 prediction ``argmax O_t``) and dropped from the batch and from every neuron's state
 (``backend.select``), so later steps cost only what is still running. Every sample
-exits at step T at the latest.
+exits at step T at the latest. Once few samples remain, several steps run in one call
+before the next decision (``block``, see :func:`early_exit`): the decisions are the
+same, each made for its own step.
 
 Cumulative outputs are accumulated in float64 and read in the outputs' dtype, exactly
 as :meth:`Trace.from_steps` does, so exit steps and predictions equal

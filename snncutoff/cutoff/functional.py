@@ -53,6 +53,8 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
     equal ``torch.topk(O, 2)`` differences bit for bit, at about a third of the cost: one
     max-with-index pass, then, on a reused cache-sized buffer, the maximum with the top
     entry masked out (no full-size temporary is allocated).
+    Policies reading a whole (validated, finite) trace use the one-pass C kernel of
+    :mod:`snncutoff._native` instead where it was built: the same values.
 
     Args:
         outputs: ``[..., C]`` with ``C >= 2``.
