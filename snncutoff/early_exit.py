@@ -65,13 +65,15 @@ def _resolve_T(policy: CutoffPolicy, T: int | None) -> int:
     return T
 
 
-def _block_length(block: int | str, t: int, T: int, running: int | None, capacity: int | None) -> int:
-    """Steps to run before the next decision point (``block="auto"``: see :func:`early_exit`)."""
-    if block == "auto":
-        k = 1 if running is None else max(1, capacity // (2 * running))
-    else:
-        k = block
-    return min(k, T - t)
+def _block_length(block: int | str, T: int, t_max: int, running: int, capacity: int, pending: bool) -> int:
+    """Steps to run before the next decision point (``block="auto"``: see :func:`early_exit`).
+
+    One step while new samples may still join (refill); never past the forced exit of
+    the row furthest on (``t_max``)."""
+    if pending:
+        return 1
+    k = max(1, capacity // (2 * running)) if block == "auto" else block
+    return min(k, T - t_max)
 
 
 def _check_block(block: int | str) -> int | str:
@@ -93,14 +95,133 @@ def _running_sum(start: Tensor | None, steps: Tensor) -> Tensor:
     return torch.cat([start.unsqueeze(0), steps]).cumsum(0)[1:]
 
 
-@torch.no_grad()
-def _exits(backend, net, frames_for, policy: CutoffPolicy, T: int, readout, count_ops: bool,
-           block: int | str) -> Iterator[ExitEvent]:
-    """The early-exit loop shared by every form.
+def _grow(a: Tensor, n: int) -> Tensor:
+    """``a`` with zero rows appended up to ``n`` rows."""
+    return a if a.shape[0] == n else torch.cat([a, a.new_zeros((n - a.shape[0], *a.shape[1:]))])
 
-    ``frames_for(t0, k, running)`` returns the inputs of steps ``t0 .. t0 + k - 1`` for
-    the running samples, ``[k', n, ...]`` (``k' <= k``), or None when the input has ended.
-    """
+
+class _Feed:
+    """Where the samples of an early-exit run come from, and their input at each step.
+
+    ``take(free)`` returns up to ``free`` new samples (all there are when ``free`` is
+    None) as a payload ``[m, ...]``, or None; ``pending`` says whether more may come;
+    ``frames(payload, t_rows, k)`` returns the inputs ``[k, n, ...]`` of steps
+    ``t_rows .. t_rows + k - 1`` of the running samples (their payload rows)."""
+
+    capacity: int | None = None
+    pending: bool = True
+
+    def take(self, free: int | None) -> Tensor | None:
+        raise NotImplementedError
+
+    def frames(self, payload: Tensor, t_rows: Tensor, k: int) -> Tensor:
+        raise NotImplementedError
+
+
+class _Payload(_Feed):
+    """Per-sample inputs: static images ``[n, ...]`` (``"direct"``) or sequences ``[n, T, ...]``."""
+
+    def __init__(self, direct: bool) -> None:
+        self.direct = direct
+
+    def frames(self, payload: Tensor, t_rows: Tensor, k: int) -> Tensor:
+        if self.direct:
+            return payload.unsqueeze(0).expand(k, *payload.shape)
+        steps = t_rows.to(payload.device).view(1, -1) + torch.arange(k, device=payload.device).view(-1, 1)
+        return payload[torch.arange(payload.shape[0], device=payload.device).view(1, -1), steps]
+
+
+class _BatchFeed(_Payload):
+    """One batch, admitted at once (:func:`early_exit`)."""
+
+    def __init__(self, inputs: Tensor, T: int, encoder: Encoder) -> None:
+        if encoder == "none":
+            raise ValueError("early exit steps the network one step at a time: encoder='none' (a network that "
+                             "loops over time itself) cannot stop early; give it per-step inputs instead")
+        super().__init__(encoder == "direct")
+        self.inputs = inputs if self.direct else encode(inputs, T, encoder).transpose(0, 1)  # [N, T, ...]
+
+    def take(self, free: int | None) -> Tensor | None:
+        x, self.inputs, self.pending = self.inputs, None, False
+        if x is not None:
+            self.capacity = x.shape[0]
+        return x
+
+
+class _LoaderFeed(_Payload):
+    """Samples of a data loader, taken as slots free up (continuous batching)."""
+
+    def __init__(self, data: Iterable, T: int, encoder: Encoder, device, capacity: int | None) -> None:
+        if encoder not in ("direct", "frames", "time_major"):
+            raise ValueError(f"refill=True needs encoder 'direct', 'frames' or 'time_major', got {encoder!r}")
+        super().__init__(encoder == "direct")
+        self.batches, self.T, self.encoder, self.device = iter(data), T, encoder, device
+        self.capacity = capacity
+        self.queue: list[Tensor] = []  # samples waiting for a slot
+        self.labels: list[Tensor] = []
+
+    def _next_batch(self) -> bool:
+        batch = next(self.batches, None)
+        if batch is None:
+            self.pending = False
+            return False
+        x, y = _split(batch)
+        x = x.to(self.device) if self.device is not None else x
+        if x.is_floating_point():
+            check_finite("inputs", x)
+        if self.encoder == "time_major":
+            x = x.transpose(0, 1)
+        if not self.direct and x.shape[1] < self.T:
+            raise ValueError(f"encoder={self.encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {self.T}")
+        self.queue.extend(x.unbind(0))
+        self.labels.append(torch.as_tensor(y).cpu().long())
+        if self.capacity is None:
+            self.capacity = x.shape[0]
+        return True
+
+    def take(self, free: int | None) -> Tensor | None:
+        while (not self.queue or (free is not None and len(self.queue) < free)) and self._next_batch():
+            pass
+        free = self.capacity if free is None else free
+        if not self.queue or free <= 0:
+            self.pending = bool(self.queue) or self.pending
+            return None
+        new, self.queue = self.queue[:free], self.queue[free:]
+        self.pending = bool(self.queue) or self.pending
+        return torch.stack(new)
+
+
+class _StreamFeed(_Feed):
+    """Frames of a whole batch arriving one step at a time (:func:`stream_early_exit`)."""
+
+    def __init__(self, frames: Iterable[Tensor]) -> None:
+        self.it = iter(frames)
+        self.first: Tensor | None = None
+
+    def take(self, free: int | None) -> Tensor | None:
+        if not self.pending:
+            return None
+        self.pending = False
+        self.first = next(self.it, None)
+        if self.first is None:
+            return None
+        self.capacity = self.first.shape[0]
+        return torch.arange(self.capacity, device=self.first.device)  # payload: each row's batch index
+
+    def frames(self, payload: Tensor, t_rows: Tensor, k: int) -> Tensor | None:
+        frame, self.first = (self.first, None) if self.first is not None else (next(self.it, None), None)
+        if frame is None:
+            return None
+        if payload.numel() != frame.shape[0]:
+            frame = frame[payload.to(frame.device)]
+        return frame.unsqueeze(0)
+
+
+@torch.no_grad()
+def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, count_ops: bool,
+           block: int | str) -> Iterator[ExitEvent]:
+    """The early-exit loop behind every form; ``ExitEvent.indices`` count samples in the
+    order the feed admitted them."""
     multistep = backend.is_multistep(net)
     plan = None if multistep else backend.block_plan(net, readout)
     if plan is None and not multistep:
@@ -109,58 +230,70 @@ def _exits(backend, net, frames_for, policy: CutoffPolicy, T: int, readout, coun
     was_training = net.training
     net.eval()
     backend.reset(net)
-    running: Tensor | None = None  # original indices of the samples still running
-    capacity: int | None = None
-    cum: Tensor | None = None  # float64 cumulative outputs of the running samples
-    spent: Tensor | None = None  # operations spent so far by the running samples
+    payload = gid = t_rows = cum = spent = None  # per running sample
+    admitted = 0
     recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
     rec = recorder.__enter__() if recorder is not None else None
     try:
-        t = 0
-        while t < T:
-            k = _block_length(block, t, T, None if running is None else running.numel(), capacity)
-            x = frames_for(t, k, running)
+        while True:
+            running = 0 if gid is None else gid.shape[0]
+            new = feed.take(None if gid is None else feed.capacity - running) if feed.pending else None
+            if new is not None:
+                ids = torch.arange(admitted, admitted + new.shape[0], device=new.device)
+                admitted += new.shape[0]
+                zeros = torch.zeros(new.shape[0], dtype=torch.long, device=new.device)
+                if gid is None:
+                    payload, gid, t_rows = new, ids, zeros
+                else:  # fresh rows after the running ones start from the initial state
+                    backend.admit(net, new.shape[0])
+                    payload, gid, t_rows = torch.cat([payload, new]), torch.cat([gid, ids]), torch.cat([t_rows, zeros])
+            if gid is None or gid.shape[0] == 0:
+                return
+            n = gid.shape[0]
+            t_first, t_max = int(t_rows.min()), int(t_rows.max())
+            k = _block_length(block, T, t_max, n, feed.capacity, feed.pending)
+            x = feed.frames(payload, t_rows, k)
             if x is None:
-                raise ValueError(f"frames ended after {t} steps with samples still running (T = {T})")
+                raise ValueError(f"frames ended after {t_max} steps with samples still running (T = {T})")
             k = x.shape[0]
-            if running is None:
-                running = torch.arange(x.shape[1], device=x.device)
-                capacity = x.shape[1]
             if k == 1 and not multistep:
                 y = backend.step(net, x[0], readout).unsqueeze(0)
             else:
                 y = backend.run_block(net, x, readout, plan)
-            check_finite(f"outputs at step {t}" if k == 1 else f"outputs at steps {t}..{t + k - 1}", y)
-            cum_k = _running_sum(cum, y)  # [k, n, C]
-            out = cum_k.to(y.dtype)
+            check_finite(f"outputs at step {t_first}" if k == 1 else f"outputs at steps {t_first}..{t_max + k - 1}",
+                         y)
+            cum_k = _running_sum(None if cum is None else _grow(cum, n), y)
+            out = cum_k.to(y.dtype)  # [k, n, C]
             spent_k = None
             if rec is not None:
-                block_ops = rec.take_ops(k)
-                spent_k = _running_sum(spent, block_ops.view(k, -1))
-            if t + k == T:  # the forced exit (also for rules that need no fit)
-                done = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
-                if k > 1:
-                    done[:-1] = policy.exit_block(t, out[:-1])
-            else:
-                done = policy.exit_block(t, out)
+                block_ops = rec.take_ops(k).view(k, -1)
+                spent_k = _running_sum(None if spent is None else _grow(spent, n), block_ops)
+            uniform = t_first == t_max
+            done = policy.exit_block(t_first if uniform else t_rows, out)
+            steps = t_rows.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
+            done |= steps == T - 1  # the forced exit (also for rules that need no fit)
             exited = done[0] if k == 1 else done.any(0)
             if bool(exited.any()):
                 first = done.to(torch.uint8).argmax(0)  # [n]: the block step of each exit
-                for j in first[exited].unique().tolist():
-                    rows = (exited & (first == j)).nonzero().flatten()
-                    yield ExitEvent(t + j + 1, running[rows.to(running.device)], out[j, rows].argmax(-1),
-                                    spent_k[j, rows] if spent_k is not None else None)
+                exit_step = (steps.gather(0, first.view(1, -1))[0] + 1)
+                rows = exited.nonzero().flatten()
+                pred = out[first[rows], rows].argmax(-1)
+                ops = spent_k[first[rows], rows] if spent_k is not None else None
+                for s in exit_step[rows].unique().tolist():
+                    sel = (exit_step[rows] == s).nonzero().flatten()
+                    yield ExitEvent(int(s), gid[rows[sel].to(gid.device)], pred[sel],
+                                    ops[sel] if ops is not None else None)
                 keep = (~exited).nonzero().flatten()
-                if keep.numel() == 0:
-                    return
                 for m in stateful:
                     backend.select_module(m, keep)
-                running, cum = running[keep.to(running.device)], cum_k[-1, keep]
+                kd = keep.to(gid.device)
+                payload, gid, t_rows = payload[kd], gid[kd], t_rows[kd]
+                cum = cum_k[-1, keep]
                 spent = spent_k[-1, keep] if spent_k is not None else None
             else:
                 cum = cum_k[-1]
                 spent = spent_k[-1] if spent_k is not None else None
-            t += k
+            t_rows = t_rows + k
     finally:
         if recorder is not None:
             recorder.__exit__(None, None, None)
@@ -201,17 +334,7 @@ def stream_early_exit(
     if isinstance(backend, str):
         backend = _backends.get(backend)
     T = _resolve_T(policy, T)
-    it = iter(frames)
-
-    def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor | None:
-        frame = next(it, None)
-        if frame is None:
-            return None
-        if running is not None and running.numel() != frame.shape[0]:
-            frame = frame[running.to(frame.device)]
-        return frame.unsqueeze(0)
-
-    yield from _exits(backend, net, frames_for, policy, T, readout, count_ops, 1)
+    yield from _exits(backend, net, _StreamFeed(frames), policy, T, readout, count_ops, 1)
 
 
 def early_exit(
@@ -230,7 +353,8 @@ def early_exit(
 
     Args:
         inputs: the batch as the encoder expects it (``[N, ...]`` static images for
-            ``"direct"``, ``[N, T, ...]`` frames for ``"frames"``, ``[T, N, ...]`` for ``"time_major"``).
+            ``"direct"``, ``[N, T, ...]`` frames for ``"frames"``, ``[T, N, ...]`` for
+            ``"time_major"``, or what a callable encoder takes).
         block: steps run between two decision points. ``1``: decide after every step.
             ``"auto"`` (default): one step while many samples run, then, once only n of
             the batch's N samples are left, blocks of ``N // (2 n)`` steps in one call
@@ -247,25 +371,12 @@ def early_exit(
     if isinstance(backend, str):
         backend = _backends.get(backend)
     T = _resolve_T(policy, T)
-    block = _check_block(block)
-    if encoder == "direct":  # no need to materialise T copies of a static batch
-        n = inputs.shape[0]
-
-        def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor:
-            x = inputs if running is None or running.numel() == n else inputs[running.to(inputs.device)]
-            return x.unsqueeze(0).expand(k, *x.shape)
-    else:
-        seq = encode(inputs, T, encoder)
-        n = seq.shape[1]
-
-        def frames_for(t0: int, k: int, running: Tensor | None) -> Tensor:
-            x = seq[t0 : t0 + k]
-            return x if running is None or running.numel() == n else x[:, running.to(x.device)]
-
+    feed = _BatchFeed(inputs, T, encoder)
+    n = feed.inputs.shape[0]
     exit_step = torch.full((n,), T, dtype=torch.long)
     predictions = torch.empty(n, dtype=torch.long)
     ops = torch.zeros(n, dtype=torch.float64) if count_ops else None
-    for ev in _exits(backend, net, frames_for, policy, T, readout, count_ops, block):
+    for ev in _exits(backend, net, feed, policy, T, readout, count_ops, _check_block(block)):
         idx = ev.indices.cpu()
         exit_step[idx] = ev.step
         predictions[idx] = ev.predictions.cpu()
@@ -297,17 +408,22 @@ def early_exit_loader(
     ``capacity`` samples (default: the first batch's size): every slot freed by an exit
     is filled by the next sample of the loader at once, so each step runs a full batch
     until the data runs out ("continuous batching"; each sample keeps its own step count
-    and starts from the initial state). Exit steps and predictions are the same either way.
-    ``block`` is :func:`early_exit`'s (batches without refill; a refilled pool steps one
-    step at a time, as its rows are at different steps).
+    and starts from the initial state); then the last samples run in blocks as in
+    :func:`early_exit` (``block``). Exit steps and predictions are the same either way.
 
     ``wall_time_s`` covers the network steps, decisions and state bookkeeping (data
     loading included only with ``refill``); ``ops_at_exit`` holds each sample's
     operations with ``count_ops=True``.
     """
+    from . import backends as _backends
+
+    if isinstance(backend, str):
+        backend = _backends.get(backend)
     T = _resolve_T(policy, T)
+    block = _check_block(block)
     if refill:
-        return _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, progress)
+        return _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, block,
+                         progress)
     steps, preds, labels, ops = [], [], [], []
     wall = 0.0
     for batch in tqdm(data, desc="early exit", disable=not progress, leave=False, unit="batch"):
@@ -331,111 +447,28 @@ def early_exit_loader(
                         torch.cat(ops) if ops else None, None, f"early exit: {policy!r}", wall)
 
 
-def _grow(a: Tensor, n: int) -> Tensor:
-    """``a`` with zero rows appended up to ``n`` rows."""
-    return a if a.shape[0] == n else torch.cat([a, a.new_zeros((n - a.shape[0], *a.shape[1:]))])
-
-
-@torch.no_grad()
-def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, progress) -> CutoffResult:
+def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, block,
+              progress) -> CutoffResult:
     """Continuous batching: a pool of running samples, refilled from ``data`` as samples exit."""
-    from . import backends as _backends
-
-    if isinstance(backend, str):
-        backend = _backends.get(backend)
-    if encoder not in ("direct", "frames", "time_major"):
-        raise ValueError(f"refill=True needs encoder 'direct', 'frames' or 'time_major', got {encoder!r}")
-    multistep = backend.is_multistep(net)
-    stateful = backend.stateful_modules(net)
-    was_training = net.training
-    net.eval()
-    backend.reset(net)
-    batches = iter(data)
-    pend_x: list[Tensor] = []  # samples waiting for a slot, per sample: [...] or [T, ...]
-    labels: list[Tensor] = []
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+        raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
+    feed = _LoaderFeed(data, T, encoder, device, capacity)
     exit_step: dict[int, int] = {}
     prediction: dict[int, int] = {}
     op_at_exit: dict[int, float] = {}
-    inputs = t_vec = gid = cum = spent = None
-    queued = 0
-    bar = tqdm(desc="early exit (refill)", disable=not progress, leave=False, unit="sample")
-    recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
-    rec = recorder.__enter__() if recorder is not None else None
     t_start = time.perf_counter()
-    try:
-        while True:
-            running = 0 if gid is None else gid.shape[0]
-            free = (capacity or 0) - running
-            while (free > 0 or capacity is None) and (pend_x or batches is not None):
-                if not pend_x:
-                    batch = next(batches, None)
-                    if batch is None:
-                        batches = None
-                        break
-                    x, y = _split(batch)
-                    x = x.to(device) if device is not None else x
-                    if x.is_floating_point():
-                        check_finite("inputs", x)
-                    if encoder == "time_major":
-                        x = x.transpose(0, 1)
-                    if encoder != "direct" and x.shape[1] < T:
-                        raise ValueError(f"encoder={encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {T}")
-                    pend_x = list(x.unbind(0))
-                    labels.append(torch.as_tensor(y).cpu().long())
-                    if capacity is None:
-                        capacity = len(pend_x)
-                        free = capacity - running
-                k = min(free, len(pend_x))
-                new = torch.stack(pend_x[:k])
-                pend_x = pend_x[k:]
-                ids = torch.arange(queued, queued + k, device=new.device)
-                queued += k
-                if gid is None:
-                    inputs, gid = new, ids
-                    t_vec = torch.zeros(k, dtype=torch.long, device=new.device)
-                else:  # fresh rows after the running ones (a no-op before the first step)
-                    backend.admit(net, k)
-                    inputs, gid = torch.cat([inputs, new]), torch.cat([gid, ids])
-                    t_vec = torch.cat([t_vec, torch.zeros(k, dtype=torch.long, device=new.device)])
-                free -= k
-            if gid is None or gid.shape[0] == 0:
-                break
-            rows = torch.arange(gid.shape[0], device=inputs.device)
-            x_t = inputs if encoder == "direct" else inputs[rows, t_vec]
-            y = backend.run(net, x_t.unsqueeze(0), readout, True)[0] if multistep else backend.step(net, x_t, readout)
-            check_finite("outputs", y)
-            n = y.shape[0]  # rows admitted since the last step start from zero
-            cum = y.double() if cum is None else _grow(cum, n) + y.double()
-            out_t = cum.to(y.dtype)
-            if rec is not None:
-                step_ops = rec.take_ops()
-                spent = step_ops if spent is None else _grow(spent, n) + step_ops
-            done = policy.exit_now(t_vec, out_t).to(out_t.device) | (t_vec.to(out_t.device) == T - 1)
-            if bool(done.any()):
-                idx = done.nonzero().flatten()
-                for g, s, p in zip(gid[idx].tolist(), (t_vec[idx] + 1).tolist(), out_t[idx].argmax(-1).tolist()):
-                    exit_step[g], prediction[g] = s, p
-                if spent is not None:
-                    for g, o in zip(gid[idx].tolist(), spent[idx].tolist()):
-                        op_at_exit[g] = o
-                bar.update(int(idx.numel()))
-                keep = (~done).nonzero().flatten()
-                for m in stateful:
-                    backend.select_module(m, keep)
-                inputs, gid, t_vec, cum = inputs[keep], gid[keep], t_vec[keep], cum[keep]
-                if spent is not None:
-                    spent = spent[keep]
-            t_vec = t_vec + 1
-    finally:
-        if recorder is not None:
-            recorder.__exit__(None, None, None)
-        bar.close()
-        backend.reset(net)
-        net.train(was_training)
+    with tqdm(desc="early exit (refill)", disable=not progress, leave=False, unit="sample") as bar:
+        for ev in _exits(backend, net, feed, policy, T, readout, count_ops, block):
+            ids = ev.indices.tolist()
+            for g, p in zip(ids, ev.predictions.tolist()):
+                exit_step[g], prediction[g] = ev.step, p
+            if ev.ops is not None:
+                op_at_exit.update(zip(ids, ev.ops.tolist()))
+            bar.update(len(ids))
     wall = time.perf_counter() - t_start
-    if queued == 0:
+    if not exit_step:
         raise ValueError("data yielded no batch")
-    order = range(queued)
+    order = range(len(exit_step))
     ops = torch.tensor([op_at_exit[i] for i in order], dtype=torch.float64) if count_ops else None
     return CutoffResult(torch.tensor([exit_step[i] for i in order]), torch.tensor([prediction[i] for i in order]),
-                        torch.cat(labels), T, ops, None, f"early exit (refill): {policy!r}", wall)
+                        torch.cat(feed.labels), T, ops, None, f"early exit (refill): {policy!r}", wall)

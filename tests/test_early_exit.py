@@ -134,8 +134,8 @@ def test_nan_outputs_stop_the_stream_with_a_clear_error():
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("capacity", [None, 1, 7])
-def test_refill_equals_evaluate(name, capacity):
+@pytest.mark.parametrize(("capacity", "block"), [(None, "auto"), (1, "auto"), (7, "auto"), (7, 1), (None, 2)])
+def test_refill_equals_evaluate(name, capacity, block):
     """Continuous batching: freed slots are refilled from the loader; results stay sample-exact."""
     backend = backend_or_skip(name)
     ann = trained_digits_cnn("qcfs")
@@ -146,7 +146,7 @@ def test_refill_equals_evaluate(name, capacity):
     for policy in (TopKGap(0.0).fit(cal), Confidence(0.1), Timestep(4)):
         post = policy.evaluate(trace)
         real = sc.early_exit_loader(backend, snn, test, policy, T=12, refill=True, capacity=capacity,
-                                    count_ops=True, progress=False)
+                                    count_ops=True, block=block, progress=False)
         assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
         assert torch.equal(post.ops_at_exit, real.ops_at_exit) and torch.equal(post.labels, real.labels)
 
@@ -263,3 +263,13 @@ def test_bad_block_is_refused(block):
     snn = backend.convert(small_ann(), calibration=data)
     with pytest.raises(ValueError, match="block must be 'auto' or an integer >= 1"):
         sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4, block=block)
+
+
+def test_early_exit_refuses_what_cannot_stop_early():
+    backend = backend_or_skip("snntorch")
+    data = random_batches(n=4, batches=1)
+    snn = backend.convert(small_ann(), calibration=data)
+    with pytest.raises(ValueError, match="encoder='none'"):
+        sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4, encoder="none")
+    with pytest.raises(ValueError, match="capacity must be an integer >= 1"):
+        sc.early_exit_loader(backend, snn, data, Confidence(0.1), T=4, refill=True, capacity=0, progress=False)

@@ -39,7 +39,7 @@ class CutoffPolicy:
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
         """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores.
 
-        ``t0`` may be a ``[N]`` tensor (one step per row, with ``T' = 1``)."""
+        ``t0`` may be a ``[N]`` tensor: the first step of each row."""
         raise NotImplementedError
 
     def _trace_scores(self, trace: Trace) -> Tensor:
@@ -139,19 +139,34 @@ class CutoffPolicy:
         return None
 
     @torch.no_grad()
-    def exit_block(self, t0: int, outputs: Tensor) -> Tensor:
+    def exit_block(self, t0: int | Tensor, outputs: Tensor) -> Tensor:
         """On-line decisions after steps ``t0 .. t0 + k - 1`` (0-based) from cumulative outputs ``[k, N, C]``.
 
+        ``t0`` is one step for the whole batch, or a ``[N]`` integer tensor giving each
+        row its own first step (streams whose samples started at different times).
         Returns ``[k, N]`` bool; row j is exactly ``exit_now(t0 + j, outputs[j])`` (one
         call for a block of steps run at once). A fitted policy also returns True at its
-        last step ``T_ - 1`` (the forced exit).
+        last step ``T_ - 1`` (the forced exit); an unfitted rule leaves that to the caller.
         """
         self._check_step_outputs(outputs, 3, "outputs must be the cumulative outputs [k, N, C] of k steps")
-        k = outputs.shape[0]
-        thresholds = self._step_thresholds(t0, t0 + k - 1, t0)
+        k, n = outputs.shape[:2]
+        per_row = isinstance(t0, Tensor)
+        if per_row:
+            t0 = t0.to(device=outputs.device, dtype=torch.long)
+            if t0.shape != (n,):
+                raise ValueError(f"t must be an int or a [N] = [{n}] tensor, got {tuple(t0.shape)}")
+            lo, hi = (int(t0.min()), int(t0.max()) + k - 1) if n else (0, 0)
+        else:
+            lo, hi = t0, t0 + k - 1
+        thresholds = self._step_thresholds(lo, hi, t0)
+        scores = self._scores(outputs, t0)
         if thresholds is None:
-            return self._passes(self._scores(outputs, t0), self._rule_threshold())
-        decision = self._passes(self._scores(outputs, t0), thresholds.to(outputs.device)[t0 : t0 + k].view(-1, 1))
+            return self._passes(scores, self._rule_threshold())
+        thresholds = thresholds.to(outputs.device)
+        if per_row:
+            steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1)  # [k, N]
+            return self._passes(scores, thresholds[steps]) | (steps == self.T_ - 1)
+        decision = self._passes(scores, thresholds[t0 : t0 + k].view(-1, 1))
         if t0 + k == self.T_:
             decision[-1] = True
         return decision
@@ -166,17 +181,7 @@ class CutoffPolicy:
         ``T_ - 1`` (the forced exit); an unfitted rule-based one leaves that to the caller.
         """
         self._check_step_outputs(outputs_t, 2, "outputs_t must be the cumulative outputs [N, C] of one step")
-        if not isinstance(t, Tensor):
-            return self.exit_block(t, outputs_t.unsqueeze(0))[0]
-        t = t.to(device=outputs_t.device, dtype=torch.long)
-        if t.shape != (outputs_t.shape[0],):
-            raise ValueError(f"t must be an int or a [N] = [{outputs_t.shape[0]}] tensor, got {tuple(t.shape)}")
-        lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-        thresholds = self._step_thresholds(lo, hi, t)
-        if thresholds is None:
-            return self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], self._rule_threshold())
-        decision = self._passes(self._scores(outputs_t.unsqueeze(0), t0=t)[0], thresholds.to(outputs_t.device)[t])
-        return decision | (t == self.T_ - 1)
+        return self.exit_block(t, outputs_t.unsqueeze(0))[0]
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
         """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""

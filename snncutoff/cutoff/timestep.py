@@ -39,10 +39,10 @@ class Timestep(CutoffPolicy):
 
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
         T, N = outputs.shape[:2]
-        if isinstance(t0, Tensor):  # one step per row
-            return (t0.to(outputs.device) + 1).to(torch.float32).view(1, -1).expand(T, N)
-        steps = torch.arange(t0 + 1, t0 + T + 1, dtype=torch.float32, device=outputs.device)
-        return steps.view(-1, 1).expand(T, N)
+        offset = torch.arange(1, T + 1, device=outputs.device).view(-1, 1)
+        if isinstance(t0, Tensor):  # each row from its own first step
+            return (t0.to(outputs.device).view(1, -1) + offset).to(torch.float32)
+        return (offset + t0).to(torch.float32).expand(T, N)
 
     def _thresholds(self, calibration: Trace | None, values: Sequence[int], T: int) -> Tensor:
         for v in values:
