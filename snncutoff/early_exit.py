@@ -231,6 +231,7 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
     net.eval()
     backend.reset(net)
     payload = gid = t_rows = cum = spent = None  # per running sample
+    t_first = t_max = 0  # the earliest and latest step among the running samples
     admitted = 0
     recorder = backend.record(net, multistep=multistep, T=1) if count_ops else None
     rec = recorder.__enter__() if recorder is not None else None
@@ -247,10 +248,10 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
                 else:  # fresh rows after the running ones start from the initial state
                     backend.admit(net, new.shape[0])
                     payload, gid, t_rows = torch.cat([payload, new]), torch.cat([gid, ids]), torch.cat([t_rows, zeros])
+                t_first, t_max = 0, int(t_rows.max())
             if gid is None or gid.shape[0] == 0:
                 return
             n = gid.shape[0]
-            t_first, t_max = int(t_rows.min()), int(t_rows.max())
             k = _block_length(block, T, t_max, n, feed.capacity, feed.pending)
             x = feed.frames(payload, t_rows, k)
             if x is None:
@@ -268,14 +269,18 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
             if rec is not None:
                 block_ops = rec.take_ops(k).view(k, -1)
                 spent_k = _running_sum(None if spent is None else _grow(spent, n), block_ops)
-            uniform = t_first == t_max
-            done = policy.exit_block(t_first if uniform else t_rows, out)
-            steps = t_rows.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
-            done |= steps == T - 1  # the forced exit (also for rules that need no fit)
+            if t_first == t_max:  # every row at the same step (always, without refill)
+                steps = None
+                done = policy.exit_block(t_first, out)
+                if t_first + k == T:
+                    done[-1] = True  # the forced exit (also for rules that need no fit)
+            else:
+                steps = t_rows.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
+                done = policy.exit_block(t_rows, out) | (steps == T - 1)
             exited = done[0] if k == 1 else done.any(0)
             if bool(exited.any()):
                 first = done.to(torch.uint8).argmax(0)  # [n]: the block step of each exit
-                exit_step = (steps.gather(0, first.view(1, -1))[0] + 1)
+                exit_step = first + (t_first + 1) if steps is None else steps.gather(0, first.view(1, -1))[0] + 1
                 rows = exited.nonzero().flatten()
                 pred = out[first[rows], rows].argmax(-1)
                 ops = spent_k[first[rows], rows] if spent_k is not None else None
@@ -287,13 +292,16 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
                 for m in stateful:
                     backend.select_module(m, keep)
                 kd = keep.to(gid.device)
-                payload, gid, t_rows = payload[kd], gid[kd], t_rows[kd]
+                payload, gid, t_rows = payload[kd], gid[kd], t_rows[kd] + k
                 cum = cum_k[-1, keep]
                 spent = spent_k[-1, keep] if spent_k is not None else None
+                if keep.numel():
+                    t_first, t_max = int(t_rows.min()), int(t_rows.max())
             else:
                 cum = cum_k[-1]
                 spent = spent_k[-1] if spent_k is not None else None
-            t_rows = t_rows + k
+                t_rows = t_rows + k
+                t_first, t_max = t_first + k, t_max + k
     finally:
         if recorder is not None:
             recorder.__exit__(None, None, None)
