@@ -5,7 +5,8 @@
 #
 # 1. installs what it needs: wheels from WHEEL_DIR if given (snntorch, spikingjelly, loguru, cupy-cuda12x ...,
 #    downloaded on a connected machine), else nothing; then snncutoff itself from this tree, without deps;
-# 2. runs the tests marked `cuda` and `cupy` (they skip cleanly where CUDA or cupy is absent);
+# 2. runs the tests marked `cuda` and `cupy` (they skip cleanly where CUDA or cupy is absent), and times
+#    real early exit on the GPU (early-exit.json);
 # 3. times a CIFAR-size VGG-11 (batch 128, T=16) per backend on the GPU with each SpikingJelly kernel family
 #    the installed version offers, and prints the ratio of each to the plain torch kernel, measured in this run.
 # Results land in OUT_DIR (default $OUT, else ./gpu-check): tests.log, speed-<kernel>.json, summary.json.
@@ -25,7 +26,10 @@ export PYTHONPATH=$PWD:$PWD/adapters:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
 $PY -m snncutoff_bench.cli info | tee "$OUT_DIR/info.txt"
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check here')" || exit 1
 
-$PY -m pytest -q -p no:cacheprovider -m "cuda or cupy" -rs tests/test_spikingjelly.py 2>&1 | tee "$OUT_DIR/tests.log"
+$PY -m pytest -q -p no:cacheprovider -m "cuda or cupy" -rs tests 2>&1 | tee "$OUT_DIR/tests.log"
+# real early exit on the GPU: realised vs ideal speed-up per backend (digits CNN, T=32, batch 256)
+$PY -m snncutoff_bench.cli speed --early-exit --device cuda --T 32 --batch-size 256 --repeats 5 --json --quiet \
+    --output-dir "$OUT_DIR/early-exit" > "$OUT_DIR/early-exit.json" || echo "early exit on cuda failed" >&2
 
 legacy=$($PY -c "import inspect; from spikingjelly.activation_based import neuron; \
 print(int('backend' in inspect.signature(neuron.IFNode).parameters))" 2>/dev/null || echo 0)

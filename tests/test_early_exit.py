@@ -273,3 +273,27 @@ def test_early_exit_refuses_what_cannot_stop_early():
         sc.early_exit(backend, snn, data[0][0], Confidence(0.1), T=4, encoder="none")
     with pytest.raises(ValueError, match="capacity must be an integer >= 1"):
         sc.early_exit_loader(backend, snn, data, Confidence(0.1), T=4, refill=True, capacity=0, progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_cuda_early_exit_matches_evaluate_on_the_gpu(name, step_mode):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    backend = backend_or_skip(name)
+    if step_mode == "m" and name != "spikingjelly":
+        pytest.skip("multi-step networks are a SpikingJelly feature")
+    data = random_batches(n=64, batches=1, seed=9)
+    snn = backend.convert(small_ann(), calibration=data, step_mode=step_mode).cuda()
+    trace = sc.collect_trace(backend, snn, data, T=10, count_ops=True, device="cuda", progress=False)
+    for policy in _policies(trace):
+        post = policy.evaluate(trace)
+        for block in (1, "auto"):
+            steps, preds, ops = sc.early_exit(backend, snn, data[0][0].cuda(), policy, T=10, count_ops=True,
+                                              block=block)
+            assert torch.equal(post.exit_step.cpu(), steps) and torch.equal(post.predictions.cpu(), preds), policy
+            assert torch.equal(post.ops_at_exit.cpu(), ops), policy
+        real = sc.early_exit_loader(backend, snn, data, policy, T=10, refill=True, capacity=20, device="cuda",
+                                    progress=False)
+        assert torch.equal(post.exit_step.cpu(), real.exit_step), policy
