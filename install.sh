@@ -34,4 +34,5 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 "${pip[@]}" -e ".${extras}" "${SNNTORCH_SPEC:-snntorch==1.0.0}"
 "${pip[@]}" --no-deps "${SPIKINGJELLY_SPEC:-spikingjelly==2.0.0}" "loguru>=0.7,<1"
-echo "snncutoff installed in $(pwd)/.venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
+echo "snncutoff installed in $(pwd)/.venv ($(.venv/bin/python -c 'import torch; from snncutoff import _native
+print("torch", torch.__version__ + ",", "C top-2 kernel", "in use" if _native.available() else "not in use (no C compiler?): pure torch")'))"
