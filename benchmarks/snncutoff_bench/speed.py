@@ -30,23 +30,6 @@ def _best(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
     return best
 
 
-def _best_interleaved(fns: dict[str, Callable[[], object]], repeats: int, cuda: bool) -> dict[str, float]:
-    """Best wall time of each function, the functions taking turns (machine drift hits all alike)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
-
-
 def _qcfs(model: str, channels: int, size: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     ann = models.get(model, 10, channels, size)
@@ -192,11 +175,12 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         def never(b=b, snn=snn):  # Confidence(0) never exits before T: the streaming loop's overhead
             return sc.early_exit(b, snn, x, sc.Confidence(0.0), T, block=block)
 
-        with torch.no_grad():
-            best = _best_interleaved({"full": full, "full_block": full_block, "early": early,
-                                      "step_by_step": lambda: early(k=1), "never": never}, repeats, cuda)
-        t_full, t_full_block, t_early = best["full"], best["full_block"], best["early"]
-        t_step_by_step, t_never = best["step_by_step"], best["never"]
+        with torch.no_grad():  # each variant warmed up and repeated on its own (steady state)
+            t_full = _best(full, repeats, cuda)
+            t_early = _best(early, repeats, cuda)
+            t_never = _best(never, repeats, cuda)
+            t_step_by_step = _best(lambda: early(k=1), repeats, cuda)
+            t_full_block = _best(full_block, repeats, cuda)
         steps, _, _ = early()
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
