@@ -61,3 +61,14 @@ def test_policy_results_do_not_depend_on_the_kernel(monkeypatch):
     without = TopKGap(0.02).fit(cal).evaluate(test)
     assert torch.equal(with_kernel.exit_step, without.exit_step)
     assert torch.equal(with_kernel.predictions, without.predictions)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_kernel_works_in_a_forked_child():
+    import multiprocessing as mp
+
+    x = torch.randn(ROWS, 12, generator=torch.Generator().manual_seed(4))
+    _native.top2_gap(x)  # the parent's thread pool exists now
+    with mp.get_context("fork").Pool(1) as pool:
+        gap, idx = pool.apply(_native.top2_gap, (x,))
+    assert torch.equal(gap, top2_gap(x)[0]) and torch.equal(idx, x.argmax(-1))

@@ -18,7 +18,24 @@ import torch
 from torch import Tensor
 
 _MIN_ROWS = 1 << 15  # below this, thread start-up costs more than the kernel saves
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (size, pool), made on first use
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """A pool of at least ``n`` threads, kept for later calls."""
+    global _pool
+    if _pool is None or _pool[0] < n:
+        _pool = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="snncutoff-top2"))
+    return _pool[1]
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -80,8 +97,5 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor] | None:
     if parts == 1:
         fn(*args[0])
     else:
-        global _pool
-        if _pool is None or _pool._max_workers < parts:
-            _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="snncutoff-top2")
-        list(_pool.map(lambda a: fn(*a), args))
+        list(_workers(parts).map(lambda a: fn(*a), args))
     return gap.reshape(outputs.shape[:-1]), idx.reshape(outputs.shape[:-1])
