@@ -70,5 +70,5 @@ def test_kernel_works_in_a_forked_child():
     x = torch.randn(ROWS, 12, generator=torch.Generator().manual_seed(4))
     _native.top2_gap(x)  # the parent's thread pool exists now
     with mp.get_context("fork").Pool(1) as pool:
-        gap, idx = pool.apply(_native.top2_gap, (x,))
+        gap, idx = pool.apply_async(_native.top2_gap, (x,)).get(timeout=60)  # a stale pool would hang
     assert torch.equal(gap, top2_gap(x)[0]) and torch.equal(idx, x.argmax(-1))
