@@ -2,7 +2,8 @@
 
 ``Timestep``, ``TopKGap``, ``Confidence``, ``Conformal`` share one interface
 (:class:`CutoffPolicy`): ``fit(calibration_trace)``, ``evaluate(trace)``,
-``exit_now(t, outputs_t)``; :func:`sweep` evaluates many epsilons / alphas from traces.
+``exit_now(t, outputs_t)`` / ``exit_block(t0, outputs)`` (on-line); :func:`sweep` evaluates
+many epsilons / alphas from traces.
 The tensor maths lives in :mod:`snncutoff.cutoff.functional`.
 """
 

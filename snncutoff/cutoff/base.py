@@ -2,9 +2,9 @@
 
 A policy turns cumulative outputs into a per-step score ``[T, N]`` and compares it
 with a per-step threshold ``[T]``; sample n exits at the first step whose score
-passes, and at step T at the latest. ``evaluate`` (a whole trace) and ``exit_now``
-(one step, on-line) call the same ``_scores`` and ``_passes``, so they agree sample
-by sample. ``__init__`` only stores hyper-parameters; ``fit`` learns thresholds
+passes, and at step T at the latest. ``evaluate`` (a whole trace), ``exit_now`` (one
+step, on-line) and ``exit_block`` (a few steps run at once) call the same ``_scores``
+and ``_passes``, so they agree sample by sample. ``__init__`` only stores hyper-parameters; ``fit`` learns thresholds
 (attributes ending in ``_``).
 """
 

@@ -10,8 +10,9 @@ Each policy reduces to three steps, and each step is a function here:
 3. the **first exit**: sample n stops at the first step whose score passes the
    threshold, and at step T at the latest (``first_exit``).
 
-Post-hoc ``evaluate`` applies steps 1 and 3 to a whole trace; streaming ``exit_now``
-applies the same comparison to one step, so both give the same exit steps.
+Post-hoc ``evaluate`` applies steps 1 and 3 to a whole trace; streaming ``exit_now`` /
+``exit_block`` apply the same comparison to one step or a few, so all give the same exit
+steps.
 No function here loops in Python over samples or thresholds.
 """
 
