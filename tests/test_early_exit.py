@@ -297,3 +297,20 @@ def test_cuda_early_exit_matches_evaluate_on_the_gpu(name, step_mode):
         real = sc.early_exit_loader(backend, snn, data, policy, T=10, refill=True, capacity=20, device="cuda",
                                     progress=False)
         assert torch.equal(post.exit_step.cpu(), real.exit_step), policy
+
+
+def test_refill_on_a_multi_step_spikingjelly_net():
+    """Rows at different steps go through one multi-step call per block."""
+    backend = backend_or_skip("spikingjelly")
+    ann = trained_digits_cnn("qcfs")
+    train, test = digits_loaders()
+    snn = backend.convert(ann, step_mode="m")
+    cal = sc.collect_trace(backend, snn, train, T=12, progress=False)
+    trace = sc.collect_trace(backend, snn, test, T=12, count_ops=True, progress=False)
+    for policy in (TopKGap(0.0).fit(cal), Timestep(4)):
+        post = policy.evaluate(trace)
+        for capacity, block in ((9, 3), (1000, "auto")):
+            real = sc.early_exit_loader(backend, snn, test, policy, T=12, refill=True, capacity=capacity,
+                                        block=block, count_ops=True, progress=False)
+            assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+            assert torch.equal(post.ops_at_exit, real.ops_at_exit)
