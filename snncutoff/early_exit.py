@@ -72,7 +72,7 @@ def _block_length(block: int | str, T: int, t_max: int, running: int, capacity: 
     the row furthest on (``t_max``)."""
     if pending:
         return 1
-    k = max(1, capacity // (2 * running)) if block == "auto" else block
+    k = min(max(1, capacity // (2 * running)), max(1, T // 2)) if block == "auto" else block
     return min(k, T - t_max)
 
 
@@ -365,7 +365,8 @@ def early_exit(
             ``"time_major"``, or what a callable encoder takes).
         block: steps run between two decision points. ``1``: decide after every step.
             ``"auto"`` (default): one step while many samples run, then, once only n of
-            the batch's N samples are left, blocks of ``N // (2 n)`` steps in one call
+            the batch's N samples are left, blocks of ``N // (2 n)`` steps (at most T / 2,
+            so the last samples do not run far past their exit) in one call
             (a multi-step network, or a single-step ``nn.Sequential`` run layer by layer:
             see :meth:`Backend.run_block`), so the last few samples do not pay a whole
             network call per step. Decisions, exit steps, predictions and operations are
