@@ -370,6 +370,11 @@ def get(name: str) -> Any:
     return _instances[name]
 
 
+def resolve(backend: Any) -> Any:
+    """``backend`` itself, or the registered backend when given its name (see :func:`get`)."""
+    return get(backend) if isinstance(backend, str) else backend
+
+
 def available(name: str) -> tuple[bool, str]:
     """``(True, "")`` if ``get(name)`` would succeed, else ``(False, reason)``."""
     try:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .backends import resolve
 from .trace import Trace
 from .validation import check_finite
 
@@ -91,10 +92,7 @@ def collect_trace(
         progress: show a tqdm bar on stderr.
         meta: stored in ``Trace.meta`` (with backend, T and encoder).
     """
-    from . import backends as _backends
-
-    if isinstance(backend, str):
-        backend = _backends.get(backend)
+    backend = resolve(backend)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
     if device is not None:

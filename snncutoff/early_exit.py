@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .backends import resolve
 from .collect import Encoder, _split, encode
 from .cutoff.base import CutoffPolicy
 from .result import CutoffResult
@@ -337,11 +338,7 @@ def stream_early_exit(
         :class:`ExitEvent` for each step where at least one sample stops. Stops after
         every sample has exited (it does not read further frames).
     """
-    from . import backends as _backends
-
-    if isinstance(backend, str):
-        backend = _backends.get(backend)
-    T = _resolve_T(policy, T)
+    backend, T = resolve(backend), _resolve_T(policy, T)
     yield from _exits(backend, net, _StreamFeed(frames), policy, T, readout, count_ops, 1)
 
 
@@ -375,11 +372,7 @@ def early_exit(
     Returns:
         ``(exit_step [N] (1-based), predictions [N], ops [N] or None)``.
     """
-    from . import backends as _backends
-
-    if isinstance(backend, str):
-        backend = _backends.get(backend)
-    T = _resolve_T(policy, T)
+    backend, T = resolve(backend), _resolve_T(policy, T)
     feed = _BatchFeed(inputs, T, encoder)
     n = feed.inputs.shape[0]
     exit_step = torch.full((n,), T, dtype=torch.long)
@@ -424,11 +417,7 @@ def early_exit_loader(
     loading included only with ``refill``); ``ops_at_exit`` holds each sample's
     operations with ``count_ops=True``.
     """
-    from . import backends as _backends
-
-    if isinstance(backend, str):
-        backend = _backends.get(backend)
-    T = _resolve_T(policy, T)
+    backend, T = resolve(backend), _resolve_T(policy, T)
     block = _check_block(block)
     if refill:
         return _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, block,

@@ -50,3 +50,11 @@ def small_ann(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
                          nn.Linear(8 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def snntorch_sequential(n_in: int = 64, hidden: int = 32, classes: int = 10) -> nn.Module:
+    """An snnTorch net as its tutorials write it: Flatten, Linear, Leaky(init_hidden) ... last Leaky output=True."""
+    snn = pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), snn.Leaky(beta=0.9, init_hidden=True),
+                         nn.Linear(hidden, classes), snn.Leaky(beta=0.9, init_hidden=True, output=True))

@@ -6,7 +6,15 @@ import torch
 import snncutoff as sc
 from snncutoff import Confidence, Conformal, Timestep, TopKGap
 
-from .helpers import BACKENDS, backend_or_skip, digits_loaders, random_batches, small_ann, trained_digits_cnn
+from .helpers import (
+    BACKENDS,
+    backend_or_skip,
+    digits_loaders,
+    random_batches,
+    small_ann,
+    snntorch_sequential,
+    trained_digits_cnn,
+)
 
 
 def _policies(cal):
@@ -50,11 +58,7 @@ def test_random_inputs_and_batch_sizes(name, batch):
 
 
 def test_users_own_snntorch_net():
-    snn = pytest.importorskip("snntorch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
-                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(32, 10),
-                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    net = snntorch_sequential()
     backend = sc.backends.get("snntorch")
     data = random_batches(seed=2)
     for readout in ("spikes", "membrane"):
@@ -152,11 +156,7 @@ def test_refill_equals_evaluate(name, capacity, block):
 
 
 def test_refill_with_a_users_snntorch_net_and_frames():
-    snn = pytest.importorskip("snntorch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 16),
-                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(16, 5),
-                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    net = snntorch_sequential(2 * 4 * 4, 16, 5)
     backend = sc.backends.get("snntorch")
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(40, 6, 2, 4, 4, generator=g) < 0.4).float()  # [N, T, 2, H, W]
@@ -223,11 +223,7 @@ def test_run_block_equals_single_steps(name):
 
 
 def test_block_plan_on_users_snntorch_net_with_membrane_readout():
-    snn = pytest.importorskip("snntorch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32),
-                              snn.Leaky(beta=0.9, init_hidden=True), torch.nn.Linear(32, 10),
-                              snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    net = snntorch_sequential()
     backend = sc.backends.get("snntorch")
     data = random_batches(n=32, batches=1, seed=4)
     for readout in ("spikes", "membrane"):
