@@ -53,6 +53,10 @@ class ExitEvent:
     ops: Tensor | None = None
 
 
+_Exits = tuple[Tensor, Tensor, Tensor, Tensor | None]
+"""Samples leaving at one decision point: ``(exit_step, indices, predictions, ops)``, each ``[m]``."""
+
+
 def _resolve_T(policy: CutoffPolicy, T: int | None) -> int:
     fitted = getattr(policy, "T_", None)
     if T is None:
@@ -220,17 +224,20 @@ class _StreamFeed(_Feed):
 
 @torch.no_grad()
 def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, count_ops: bool,
-           block: int | str) -> Iterator[ExitEvent]:
-    """The early-exit loop behind every form; ``ExitEvent.indices`` count samples in the
-    order the feed admitted them."""
+           block: int | str) -> Iterator[_Exits]:
+    """The early-exit loop behind every form: one record per decision point at which
+    samples exit (``indices`` count samples in the order the feed admitted them)."""
     multistep = backend.is_multistep(net)
     plan = None if multistep else backend.block_plan(net, readout)
     if plan is None and not multistep:
         block = 1  # stepping through a block one call at a time saves nothing
     stateful = backend.stateful_modules(net)  # found once, not at every exit
-    was_training = net.training
-    net.eval()
-    backend.reset(net)
+    modes = [(m, m.training) for m in net.modules()]  # restored exactly afterwards
+    training = any(mode for _, mode in modes)
+    if training:
+        net.eval()
+    for m in stateful:
+        backend.reset_module(m)
     payload = gid = t_rows = cum = spent = None  # per running sample
     t_first = t_max = 0  # the earliest and latest step among the running samples
     admitted = 0
@@ -283,19 +290,17 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
                 first = done.to(torch.uint8).argmax(0)  # [n]: the block step of each exit
                 exit_step = first + (t_first + 1) if steps is None else steps.gather(0, first.view(1, -1))[0] + 1
                 rows = exited.nonzero().flatten()
-                pred = out[first[rows], rows].argmax(-1)
-                ops = spent_k[first[rows], rows] if spent_k is not None else None
-                for s in exit_step[rows].unique().tolist():
-                    sel = (exit_step[rows] == s).nonzero().flatten()
-                    yield ExitEvent(int(s), gid[rows[sel].to(gid.device)], pred[sel],
-                                    ops[sel] if ops is not None else None)
+                at = first[rows]
+                yield (exit_step[rows], gid[rows.to(gid.device)], out[at, rows].argmax(-1),
+                       spent_k[at, rows] if spent_k is not None else None)
                 keep = (~exited).nonzero().flatten()
                 for m in stateful:
                     backend.select_module(m, keep)
                 kd = keep.to(gid.device)
-                payload, gid, t_rows = payload[kd], gid[kd], t_rows[kd] + k
-                cum = cum_k[-1, keep]
-                spent = spent_k[-1, keep] if spent_k is not None else None
+                payload, gid = payload.index_select(0, kd), gid.index_select(0, kd)
+                t_rows = t_rows.index_select(0, kd) + k
+                cum = cum_k[-1].index_select(0, keep)
+                spent = spent_k[-1].index_select(0, keep) if spent_k is not None else None
                 if keep.numel():
                     t_first, t_max = int(t_rows.min()), int(t_rows.max())
             else:
@@ -306,8 +311,11 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
     finally:
         if recorder is not None:
             recorder.__exit__(None, None, None)
-        backend.reset(net)
-        net.train(was_training)
+        for m in stateful:
+            backend.reset_module(m)
+        if training:
+            for m, mode in modes:
+                m.training = mode
 
 
 def stream_early_exit(
@@ -339,7 +347,12 @@ def stream_early_exit(
         every sample has exited (it does not read further frames).
     """
     backend, T = resolve(backend), _resolve_T(policy, T)
-    yield from _exits(backend, net, _StreamFeed(frames), policy, T, readout, count_ops, 1)
+    for steps, indices, predictions, ops in _exits(backend, net, _StreamFeed(frames), policy, T, readout,
+                                                    count_ops, 1):
+        for s in steps.unique().tolist():  # one step per decision point here (block 1); kept general
+            sel = (steps == s).nonzero().flatten()
+            yield ExitEvent(int(s), indices[sel.to(indices.device)], predictions[sel],
+                            ops[sel] if ops is not None else None)
 
 
 def early_exit(
@@ -378,12 +391,13 @@ def early_exit(
     exit_step = torch.full((n,), T, dtype=torch.long)
     predictions = torch.empty(n, dtype=torch.long)
     ops = torch.zeros(n, dtype=torch.float64) if count_ops else None
-    for ev in _exits(backend, net, feed, policy, T, readout, count_ops, _check_block(block)):
-        idx = ev.indices.cpu()
-        exit_step[idx] = ev.step
-        predictions[idx] = ev.predictions.cpu()
+    for steps, indices, preds, spent in _exits(backend, net, feed, policy, T, readout, count_ops,
+                                               _check_block(block)):
+        idx = indices.cpu()
+        exit_step[idx] = steps.cpu()
+        predictions[idx] = preds.cpu()
         if ops is not None:
-            ops[idx] = ev.ops.cpu()
+            ops[idx] = spent.cpu()
     return exit_step, predictions, ops
 
 
@@ -451,22 +465,22 @@ def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device
     if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
         raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
     feed = _LoaderFeed(data, T, encoder, device, capacity)
-    exit_step: dict[int, int] = {}
-    prediction: dict[int, int] = {}
-    op_at_exit: dict[int, float] = {}
+    records: list[_Exits] = []
     t_start = time.perf_counter()
     with tqdm(desc="early exit (refill)", disable=not progress, leave=False, unit="sample") as bar:
-        for ev in _exits(backend, net, feed, policy, T, readout, count_ops, block):
-            ids = ev.indices.tolist()
-            for g, p in zip(ids, ev.predictions.tolist()):
-                exit_step[g], prediction[g] = ev.step, p
-            if ev.ops is not None:
-                op_at_exit.update(zip(ids, ev.ops.tolist()))
-            bar.update(len(ids))
+        for rec in _exits(backend, net, feed, policy, T, readout, count_ops, block):
+            records.append(rec)
+            bar.update(rec[1].numel())
     wall = time.perf_counter() - t_start
-    if not exit_step:
+    if not records:
         raise ValueError("data yielded no batch")
-    order = range(len(exit_step))
-    ops = torch.tensor([op_at_exit[i] for i in order], dtype=torch.float64) if count_ops else None
-    return CutoffResult(torch.tensor([exit_step[i] for i in order]), torch.tensor([prediction[i] for i in order]),
+    idx = torch.cat([r[1].cpu() for r in records])  # every admitted sample exits once
+
+    def gather(i: int, dtype: torch.dtype) -> Tensor:
+        out = torch.empty(idx.numel(), dtype=dtype)
+        out[idx] = torch.cat([r[i].cpu() for r in records]).to(dtype)
+        return out
+
+    ops = gather(3, torch.float64) if count_ops else None
+    return CutoffResult(gather(0, torch.long), gather(2, torch.long),
                         torch.cat(feed.labels), T, ops, None, f"early exit (refill): {policy!r}", wall)

@@ -176,7 +176,9 @@ def test_speed_early_exit(tmp_path):
     assert d["block"] == "auto"
     for e in d["backends"].values():
         assert {"realised_speedup", "ideal_speedup", "realised_over_ideal", "step_by_step_seconds",
-                "full_block_seconds", "no_exit_overhead"} <= set(e)
+                "full_block_seconds", "no_exit_overhead", "network_bound_over_ideal", "decision_overhead",
+                "step_by_step_network_bound_over_ideal"} <= set(e)
+        assert e["network_calls"] >= 1 and e["network_only_seconds"] > 0
     res = CliRunner().invoke(main, ["speed", "--early-exit", "--block", "0", "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 2 and "must be 'auto' or an integer >= 1" in res.output
 

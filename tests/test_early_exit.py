@@ -310,3 +310,23 @@ def test_refill_on_a_multi_step_spikingjelly_net():
                                         block=block, count_ops=True, progress=False)
             assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
             assert torch.equal(post.ops_at_exit, real.ops_at_exit)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_runs_in_eval_mode_and_restores_every_module_mode(name):
+    backend = backend_or_skip(name)
+    data = random_batches(n=32, batches=1, seed=3)
+    snn = backend.convert(small_ann(), calibration=random_batches(seed=4))
+    trace = sc.collect_trace(backend, snn.eval(), data, T=8, progress=False)
+    policy = TopKGap(0.05).fit(trace)
+    expected = policy.evaluate(trace)
+    bn = [m for m in snn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn, "the test needs a BatchNorm layer (batch statistics would change the outputs in training mode)"
+    before = [b.running_mean.clone() for b in bn]
+    snn.train()
+    [m for m in snn.modules() if isinstance(m, torch.nn.Linear)][-1].eval()  # a mixed state comes back as it was
+    modes = [m.training for m in snn.modules()]
+    steps, preds, _ = sc.early_exit(backend, snn, data[0][0], policy, T=8)
+    assert torch.equal(steps, expected.exit_step) and torch.equal(preds, expected.predictions)
+    assert [m.training for m in snn.modules()] == modes
+    assert all(torch.equal(b.running_mean, r) for b, r in zip(bn, before))  # statistics untouched

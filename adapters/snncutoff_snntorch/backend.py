@@ -71,12 +71,12 @@ class SnnTorchBackend(Backend):
     def select_module(self, module: nn.Module, keep: Tensor) -> None:
         if isinstance(module, (IFNeuron, LIFNeuron)):
             if module.mem is not None:
-                module.mem = module.mem[keep.to(module.mem.device)]
+                module.mem = module.mem.index_select(0, keep.to(module.mem.device))
             return
         for name in STATE_NAMES:
             value = getattr(module, name, None)
             if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] > 0:
-                setattr(module, name, value[keep.to(value.device)])
+                setattr(module, name, value.index_select(0, keep.to(value.device)))
 
     def admit_module(self, module: nn.Module, n: int) -> None:
         if isinstance(module, (IFNeuron, LIFNeuron)):

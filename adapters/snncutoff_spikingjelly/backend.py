@@ -112,10 +112,10 @@ class SpikingJellyBackend(Backend):
     def select_module(self, module: nn.Module, keep: Tensor) -> None:
         for name, value in list(module._memories.items()):
             if isinstance(value, Tensor) and value.dim() >= 1:
-                setattr(module, name, value[keep.to(value.device)])
+                setattr(module, name, value.index_select(0, keep.to(value.device)))
         v_seq = getattr(module, "v_seq", None)
         if isinstance(v_seq, Tensor) and v_seq.dim() >= 2:
-            module.v_seq = v_seq[:, keep.to(v_seq.device)]
+            module.v_seq = v_seq.index_select(1, keep.to(v_seq.device))
 
     def admit_module(self, module: nn.Module, n: int) -> None:
         for name, value in list(module._memories.items()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -133,6 +134,45 @@ def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: i
     return out
 
 
+class _CallLog:
+    """A backend that records the ``(steps, rows)`` of every network call early exit makes."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.calls = backend, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def step(self, net: nn.Module, x_t: torch.Tensor, readout="auto") -> torch.Tensor:
+        self.calls.append((1, x_t.shape[0]))
+        return self.backend.step(net, x_t, readout)
+
+    def run_block(self, net: nn.Module, x_seq: torch.Tensor, readout="auto", plan=None) -> torch.Tensor:
+        self.calls.append(tuple(x_seq.shape[:2]))
+        return self.backend.run_block(net, x_seq, readout, plan)
+
+
+def _replay(b, net: nn.Module, x_seq: torch.Tensor, calls: list[tuple[int, int]], plan) -> None:
+    """The network calls of an early-exit run and the state shrinking between them, nothing else.
+
+    The rows kept are the first ones (which rows is immaterial to the cost); no decision,
+    no cumulative sum, no bookkeeping: what early exit would cost if deciding were free."""
+    stateful = b.stateful_modules(net)
+    b.reset(net)
+    t, rows = 0, calls[0][1]
+    for k, n in calls:
+        if n < rows:
+            keep = torch.arange(n, device=x_seq.device)
+            for m in stateful:
+                b.select_module(m, keep)
+            rows = n
+        if k == 1:
+            b.step(net, x_seq[t, :n])
+        else:
+            b.run_block(net, x_seq[t : t + k, :n], plan=plan)
+        t += k
+
+
 def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, policy: str = "topk",
                      names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
                      ann: nn.Module | None = None, data=None, block: int | str = "auto") -> dict:
@@ -144,8 +184,12 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     on one batch of ``batch`` test samples, ``ideal_speedup`` is ``T / mean exit step``.
     Measured in the same run: early exit deciding after every step (``block=1``), and
     all T steps in one block call (``full_block_seconds``: multi-step, or layer by layer),
-    the fastest way to run every step. The ``loader_*`` figures cover the whole test
-    loader, with continuous batching (``early_exit_loader(refill=True)``).
+    the fastest way to run every step. ``network_only_seconds`` replays just the network
+    calls (same steps, same rows, state shrunk in between) of the early-exit run:
+    ``network_bound_over_ideal`` is the most any decision loop could reach with that
+    schedule, ``decision_overhead`` what snncutoff's decisions and bookkeeping add
+    (``step_by_step_*``: the same for ``block=1``). The ``loader_*`` figures cover the
+    whole test loader, with continuous batching (``early_exit_loader(refill=True)``).
     """
     cuda = device.startswith("cuda")
     out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "block": block,
@@ -175,13 +219,19 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         def never(b=b, snn=snn):  # Confidence(0) never exits before T: the streaming loop's overhead
             return sc.early_exit(b, snn, x, sc.Confidence(0.0), T, block=block)
 
+        schedules = {}
+        for k in (block, 1):  # the network calls each early-exit run makes
+            log = _CallLog(b)
+            steps, _, _ = sc.early_exit(log, snn, x, p, T, block=k)
+            schedules[k] = log.calls
         with torch.no_grad():  # each variant warmed up and repeated on its own (steady state)
             t_full = _best(full, repeats, cuda)
             t_early = _best(early, repeats, cuda)
             t_never = _best(never, repeats, cuda)
             t_step_by_step = _best(lambda: early(k=1), repeats, cuda)
             t_full_block = _best(full_block, repeats, cuda)
-        steps, _, _ = early()
+            t_net, t_net_1 = (_best(partial(_replay, b, snn, x_seq, schedules[k], plan), repeats, cuda)
+                              for k in (block, 1))
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
 
@@ -203,6 +253,11 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
             "step_by_step_seconds": t_step_by_step, "step_by_step_over_ideal": t_full / t_step_by_step / ideal,
             "full_block_seconds": t_full_block, "realised_speedup_vs_full_block": t_full_block / t_early,
+            "network_only_seconds": t_net, "network_bound_over_ideal": t_full / t_net / ideal,
+            "decision_overhead": t_early / t_net - 1.0, "network_calls": len(schedules[block]),
+            "step_by_step_network_only_seconds": t_net_1,
+            "step_by_step_network_bound_over_ideal": t_full / t_net_1 / ideal,
+            "step_by_step_decision_overhead": t_step_by_step / t_net_1 - 1.0,
             "no_exit_seconds": t_never, "no_exit_overhead": t_never / t_full - 1.0,
             "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
             "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
