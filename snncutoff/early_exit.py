@@ -92,12 +92,11 @@ def _running_sum(start: Tensor | None, steps: Tensor) -> Tensor:
 
     The same additions, in the same order, as the float64 cumulative sum of
     :meth:`Trace.from_steps`, so blocks of any length give the same bits."""
-    steps = steps.double()
     if start is None:
-        return steps.cumsum(0)
-    if steps.shape[0] == 1:
-        return (start + steps[0]).unsqueeze(0)
-    return torch.cat([start.unsqueeze(0), steps]).cumsum(0)[1:]
+        return steps.double() if steps.shape[0] == 1 else steps.double().cumsum(0)
+    if steps.shape[0] == 1:  # one mixed add: float64 + x is float64 + x.double()
+        return start.unsqueeze(0) + steps
+    return torch.cat([start.unsqueeze(0), steps.double()]).cumsum(0)[1:]
 
 
 def _grow(a: Tensor, n: int) -> Tensor:

@@ -60,7 +60,16 @@ class CutoffPolicy:
 
     def _rule_threshold(self) -> Tensor:
         """The step-independent threshold of a rule that needs no fit (``exit_now`` unfitted)."""
-        return self._thresholds(None, [getattr(self, self.param)], 1)[0][0]
+        return self._rule_thresholds(1)[0]
+
+    def _rule_thresholds(self, T: int) -> Tensor:
+        """``[T]`` thresholds of a rule that learns nothing: built once per (parameter, T),
+        not at every on-line decision."""
+        key = (getattr(self, self.param), T)
+        cached = self.__dict__.get("_rule_cache")
+        if cached is None or cached[0] != key:
+            cached = self._rule_cache = (key, self._thresholds(None, [key[0]], T)[0])
+        return cached[1]
 
     # ---------------------------------------------------------------- shared
     def get_params(self) -> dict[str, Any]:

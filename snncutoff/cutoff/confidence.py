@@ -45,7 +45,7 @@ class Confidence(CutoffPolicy):
         return torch.tensor(levels, dtype=torch.float64).view(-1, 1).expand(-1, T)
 
     def _fitted_thresholds(self) -> Tensor:
-        return self._thresholds(None, [self.epsilon], self.T_)[0]
+        return self._rule_thresholds(self.T_)
 
     def _set_fitted(self, thresholds: Tensor) -> None:
         pass  # nothing is learned; fit only records T_

@@ -55,7 +55,7 @@ class Timestep(CutoffPolicy):
         return torch.tensor(float(self.step))
 
     def _fitted_thresholds(self) -> Tensor:
-        return self._thresholds(None, [self.step], self.T_)[0]
+        return self._rule_thresholds(self.T_)
 
     def _set_fitted(self, thresholds: Tensor) -> None:
         pass  # nothing is learned; fit only records T_
