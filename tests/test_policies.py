@@ -95,6 +95,24 @@ def test_confidence_threshold_is_float32_and_strict():
     assert Confidence(0.01).exit_now(1, tr.outputs[1]).tolist() == [bool(prob > 0.99)]
 
 
+def test_rule_thresholds_follow_a_changed_parameter():
+    # the thresholds of Confidence / Timestep are built once and reused; a new value rebuilds them
+    # softmax max at step 0: 0.9526, 0.7311, 0.8808, 0.7311; at step 1: 0.9933, 0.7311, 0.7311, 0.9526
+    c = Confidence(0.01)
+    assert c.exit_now(0, HAND.outputs[0]).tolist() == [False] * 4
+    c.epsilon = 0.2
+    assert c.exit_now(0, HAND.outputs[0]).tolist() == [True, False, True, False]
+    fitted = Confidence(0.2).fit(HAND)
+    assert fitted.exit_block(0, HAND.outputs).tolist() == [[True, False, True, False], [True, False, False, True],
+                                                            [True, True, True, True]]  # the last: forced
+    fitted.epsilon = 0.001
+    assert fitted.exit_block(0, HAND.outputs)[1].tolist() == [False] * 4
+    t = Timestep(2).fit(HAND)
+    assert t.exit_block(0, HAND.outputs)[:, 0].tolist() == [False, True, True]
+    t.step = 1
+    assert t.exit_block(0, HAND.outputs)[:, 0].tolist() == [True, True, True]
+
+
 def test_conformal_split_quantile_hand_worked():
     # two classes, T=1: scores of the true label for 4 calibration samples
     logits = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
