@@ -108,6 +108,18 @@ class Backend:
         """Append ``n`` batch rows in the initial state to ``module``'s state (if it has any yet)."""
         raise NotImplementedError
 
+    def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
+        """Put batch rows ``rows`` (of the ``n`` in ``module``'s state) back in the initial state.
+
+        Continuous batching hands the rows of exited samples to new ones. This default
+        appends fresh rows (:meth:`admit_module`) and moves them into place
+        (:meth:`select_module`); adapters override it with an in-place write.
+        """
+        self.admit_module(module, rows.numel())
+        order = torch.arange(n, device=rows.device)
+        order[rows] = torch.arange(n, n + rows.numel(), device=rows.device)
+        self.select_module(module, order)
+
     def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
         """The spike tensor in a spiking layer's forward output."""
         return output[0] if isinstance(output, (tuple, list)) else output

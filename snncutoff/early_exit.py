@@ -292,15 +292,31 @@ def _exits(backend, net, feed: _Feed, policy: CutoffPolicy, T: int, readout, cou
                 at = first[rows]
                 yield (exit_step[rows], gid[rows.to(gid.device)], out[at, rows].argmax(-1),
                        spent_k[at, rows] if spent_k is not None else None)
-                keep = (~exited).nonzero().flatten()
-                for m in stateful:
-                    backend.select_module(m, keep)
-                kd = keep.to(gid.device)
-                payload, gid = payload.index_select(0, kd), gid.index_select(0, kd)
-                t_rows = t_rows.index_select(0, kd) + k
-                cum = cum_k[-1].index_select(0, keep)
-                spent = spent_k[-1].index_select(0, keep) if spent_k is not None else None
-                if keep.numel():
+                t_rows, cum = t_rows + k, cum_k[-1]
+                spent = spent_k[-1] if spent_k is not None else None
+                new = feed.take(rows.numel()) if feed.pending else None
+                if new is not None:  # the next samples take over freed rows in place (nothing else is copied)
+                    slots = rows[: new.shape[0]]
+                    for m in stateful:
+                        backend.reset_rows_module(m, slots, n)
+                    sd = slots.to(gid.device)
+                    ids = torch.arange(admitted, admitted + new.shape[0], device=gid.device)
+                    admitted += new.shape[0]
+                    payload = payload.index_copy(0, slots.to(payload.device), new.to(payload.dtype))
+                    gid, t_rows = gid.index_copy(0, sd, ids), t_rows.index_fill(0, sd, 0)
+                    cum = cum.index_fill(0, slots, 0.0)
+                    spent = spent.index_fill(0, slots, 0.0) if spent is not None else None
+                    exited = exited.index_fill(0, slots, False)
+                if new is None or new.shape[0] < rows.numel():  # rows nobody takes over leave the batch
+                    keep = (~exited).nonzero().flatten()
+                    for m in stateful:
+                        backend.select_module(m, keep)
+                    kd = keep.to(gid.device)
+                    payload, gid = payload.index_select(0, kd), gid.index_select(0, kd)
+                    t_rows = t_rows.index_select(0, kd)
+                    cum = cum.index_select(0, keep)
+                    spent = spent.index_select(0, keep) if spent is not None else None
+                if gid.numel():
                     t_first, t_max = int(t_rows.min()), int(t_rows.max())
             else:
                 cum = cum_k[-1]

@@ -169,7 +169,7 @@ def test_info_and_speed(tmp_path):
 
 def test_speed_early_exit(tmp_path):
     res = CliRunner().invoke(main, ["speed", "--early-exit", "--T", "4", "--batch-size", "16", "--repeats", "1",
-                                    "--json", "--quiet", "--output-dir", str(tmp_path / "out"),
+                                    "--stream-repeats", "2", "--json", "--quiet", "--output-dir", str(tmp_path / "out"),
                                     "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
@@ -179,6 +179,7 @@ def test_speed_early_exit(tmp_path):
                 "full_block_seconds", "no_exit_overhead", "network_bound_over_ideal", "decision_overhead",
                 "step_by_step_network_bound_over_ideal"} <= set(e)
         assert e["network_calls"] >= 1 and e["network_only_seconds"] > 0
+        assert e["stream_samples"] == 2 * d["test_samples"] and e["stream_refill_speedup"] > 0
     res = CliRunner().invoke(main, ["speed", "--early-exit", "--block", "0", "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 2 and "must be 'auto' or an integer >= 1" in res.output
 

@@ -1,10 +1,13 @@
 """Streaming early exit equals post-hoc evaluation, sample by sample, and saves the work."""
 
+import copy
+
 import pytest
 import torch
 
 import snncutoff as sc
 from snncutoff import Confidence, Conformal, Timestep, TopKGap
+from snncutoff.backends import Backend
 
 from .helpers import (
     BACKENDS,
@@ -330,3 +333,43 @@ def test_runs_in_eval_mode_and_restores_every_module_mode(name):
     assert torch.equal(steps, expected.exit_step) and torch.equal(preds, expected.predictions)
     assert [m.training for m in snn.modules()] == modes
     assert all(torch.equal(b.running_mean, r) for b, r in zip(bn, before))  # statistics untouched
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_refilled_rows_restart_from_the_initial_state_in_place_or_not(name):
+    """Continuous batching hands exited rows to new samples: the adapters' in-place reset and the
+    generic one (fresh rows appended and moved into place) give the same state and the same results."""
+    backend = backend_or_skip(name)
+    snn = backend.convert(small_ann(), calibration=random_batches(seed=4))
+    x = random_batches(n=12, batches=1, seed=5)[0][0]
+    backend.reset(snn)
+    with torch.no_grad():
+        for _ in range(3):
+            backend.step(snn, x)
+    rows = torch.tensor([1, 4, 11])
+    for m in backend.stateful_modules(snn):
+        membrane = backend.membrane_of(m)
+        if membrane is None:
+            continue
+        before = membrane.clone()
+        generic = copy.deepcopy(m)
+        backend.reset_rows_module(m, rows, 12)
+        Backend.reset_rows_module(backend, generic, rows, 12)
+        after, expected = backend.membrane_of(m), backend.membrane_of(generic)
+        assert torch.equal(after, expected)
+        others = torch.ones(12, dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(after[others], before[others]) and not torch.equal(after[rows], before[rows])
+
+    class Generic(type(backend)):
+        reset_rows_module = Backend.reset_rows_module
+
+    data = random_batches(n=20, batches=3, seed=6)
+    trace = sc.collect_trace(backend, snn, data, T=10, count_ops=True, progress=False)
+    policy = TopKGap(0.05).fit(trace)
+    post = policy.evaluate(trace)
+    for b in (backend, Generic()):
+        real = sc.early_exit_loader(b, snn, data, policy, T=10, refill=True, capacity=8, count_ops=True,
+                                    progress=False)
+        assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+        assert torch.equal(post.ops_at_exit, real.ops_at_exit)

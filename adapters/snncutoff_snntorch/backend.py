@@ -90,6 +90,18 @@ class SnnTorchBackend(Backend):
             if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] > 0:
                 setattr(module, name, torch.cat([value, value.new_zeros((n, *value.shape[1:]))]))
 
+    def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
+        """In place: rows ``rows`` of the state back to the initial membrane (snnTorch's: zero)."""
+        if isinstance(module, (IFNeuron, LIFNeuron)):
+            if module.mem is not None:
+                init = module.v_init * module.threshold if isinstance(module, IFNeuron) else 0.0
+                module.mem.index_fill_(0, rows.to(module.mem.device), init)
+            return
+        for name in STATE_NAMES:
+            value = getattr(module, name, None)
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] > 0:
+                value.index_fill_(0, rows.to(value.device), 0.0)
+
     def spikes_of(self, module: nn.Module, output: Any) -> Tensor:
         if isinstance(module, IFNeuron):
             return output / module.threshold  # theta * S -> S, exactly

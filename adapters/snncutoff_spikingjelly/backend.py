@@ -125,6 +125,17 @@ class SpikingJellyBackend(Backend):
                     else torch.full((n, *value.shape[1:]), float(init), dtype=value.dtype, device=value.device)
                 setattr(module, name, torch.cat([value, fresh.to(value)]))
 
+    def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
+        """In place: each memory's rows ``rows`` back to its reset value (``_memories_rv``)."""
+        for name, value in module._memories.items():
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                init = module._memories_rv[name]
+                idx = rows.to(value.device)
+                if isinstance(init, Tensor) and init.dim() >= 1:
+                    value.index_copy_(0, idx, init.to(value).expand(idx.numel(), *value.shape[1:]))
+                else:
+                    value.index_fill_(0, idx, float(init))
+
     def membrane_of(self, module: nn.Module) -> Tensor | None:
         """``v`` after the last step; in multi-step mode ``v_seq`` ``[T, N, ...]`` when stored."""
         v_seq = getattr(module, "v_seq", None)

@@ -316,6 +316,8 @@ def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int
               help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
 @click.option("--block", default="auto", show_default=True, callback=_block_option,
               help="Steps between decisions of --early-exit: 'auto' or an integer (1: decide after every step).")
+@click.option("--stream-repeats", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Long stream of --early-exit: the test set this many times over, with refill.")
 @click.option("--gpu-kernel", default=None, type=click.Choice(["auto", "cupy", "triton", "torch"]),
               help="SpikingJelly kernel family (0.0.0.0.14: cupy/torch; 2.x: auto/triton/torch).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -324,8 +326,8 @@ def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, block, gpu_kernel, cache_dir,
-          output_dir, quiet, as_json) -> None:
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, block, stream_repeats, gpu_kernel,
+          cache_dir, output_dir, quiet, as_json) -> None:
     """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
     from . import speed as sp
 
@@ -343,17 +345,20 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         ann, _ = trained_ann(cfg, split, quiet)
         train, test = split.loaders(batch_size, shuffle_train=False)
         results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, test),
-                                      block)
+                                      block, stream_repeats)
         rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
                 "realised / ideal | same, block=1 | network alone / ideal | decisions add | "
-                "vs all T in one block | overhead, nothing exits | test set, refill: speed-up / ideal |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "vs all T in one block | overhead, nothing exits | test set, refill: speed-up / ideal | "
+                "long stream, refill: speed-up / ideal |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows += [f"| {n} | {e['full_seconds']:.4f} | {e['early_exit_seconds']:.4f} | {e['mean_exit_step']:.2f} | "
                  f"{e['realised_speedup']:.2f}x | {e['ideal_speedup']:.2f}x | {e['realised_over_ideal']:.2f} | "
                  f"{e['step_by_step_over_ideal']:.2f} | {e['network_bound_over_ideal']:.2f} | "
                  f"{100 * e['decision_overhead']:+.0f}% | {e['realised_speedup_vs_full_block']:.2f}x | "
                  f"{100 * e['no_exit_overhead']:+.1f}% | {e['loader_refill_speedup']:.2f}x / "
-                 f"{e['loader_ideal_speedup']:.2f}x |" for n, e in results["backends"].items()]
+                 f"{e['loader_ideal_speedup']:.2f}x | {e['stream_refill_speedup']:.2f}x / "
+                 f"{e['loader_ideal_speedup']:.2f}x ({e['stream_samples']} samples) |"
+                 for n, e in results["backends"].items()]
     else:
         size, ch = (8, 1) if model == "cnn" else (32, 3)
         results = sp.backend_paths(model, size, ch, batch_size, T, names, device, repeats, gpu_kernel)

@@ -175,7 +175,8 @@ def _replay(b, net: nn.Module, x_seq: torch.Tensor, calls: list[tuple[int, int]]
 
 def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, policy: str = "topk",
                      names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
-                     ann: nn.Module | None = None, data=None, block: int | str = "auto") -> dict:
+                     ann: nn.Module | None = None, data=None, block: int | str = "auto",
+                     stream_repeats: int = 16) -> dict:
     """Wall time of streaming early exit vs the plain step loop over all T, per backend.
 
     With a trained network and its data (``ann``, ``data`` = (calibration loader, test
@@ -189,13 +190,17 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     ``network_bound_over_ideal`` is the most any decision loop could reach with that
     schedule, ``decision_overhead`` what snncutoff's decisions and bookkeeping add
     (``step_by_step_*``: the same for ``block=1``). The ``loader_*`` figures cover the
-    whole test loader, with continuous batching (``early_exit_loader(refill=True)``).
+    whole test loader, with continuous batching (``early_exit_loader(refill=True)``);
+    ``stream_*`` a long stream, the test loader ``stream_repeats`` times over (all T
+    steps for it timed as that many passes over the loader), where continuous batching
+    keeps the batch full for most of the run.
     """
     cuda = device.startswith("cuda")
-    out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "block": block,
-           "backends": {}}
     cal_loader, test_loader = data
-    x = torch.cat([b[0] for b in test_loader])[:batch].to(device)
+    x = torch.cat([b[0] for b in test_loader])
+    out = {"T": T, "batch": batch, "device": device, "policy": policy, "epsilon": epsilon, "block": block,
+           "test_samples": len(x), "stream_repeats": stream_repeats, "backends": {}}
+    x = x[:batch].to(device)
     for name in names or [n for n in backends.names() if backends.available(n)[0]]:
         b = backends.get(name)
         snn = b.convert(ann).to(device)
@@ -248,6 +253,11 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
                     for _ in range(repeats)]
         t_refill = min(r.wall_time_s for r in refilled)
         loader_ideal = T / refilled[0].mean_steps
+        # a long stream: the test loader stream_repeats times over (all T steps: that many loader_full runs)
+        stream = [batch for _ in range(stream_repeats) for batch in test_loader]
+        streamed = [sc.early_exit_loader(b, snn, stream, p, T, refill=True, device=device, progress=False)
+                    for _ in range(max(1, repeats // 2))]
+        stream_result, t_stream = streamed[0], min(r.wall_time_s for r in streamed)
         out["backends"][name] = {
             "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
@@ -262,5 +272,8 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
             "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
             "loader_refill_over_ideal": t_loader_full / t_refill / loader_ideal,
+            "stream_samples": len(stream_result.exit_step), "stream_refill_seconds": t_stream,
+            "stream_refill_speedup": stream_repeats * t_loader_full / t_stream,
+            "stream_refill_over_ideal": stream_repeats * t_loader_full / t_stream / loader_ideal,
         }
     return out
