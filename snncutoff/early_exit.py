@@ -161,7 +161,8 @@ class _LoaderFeed(_Payload):
         super().__init__(encoder == "direct")
         self.batches, self.T, self.encoder, self.device = iter(data), T, encoder, device
         self.capacity = capacity
-        self.queue: list[Tensor] = []  # samples waiting for a slot
+        self.queue: list[Tensor] = []  # batches (or what is left of them) waiting for slots
+        self.waiting = 0  # samples in the queue
         self.labels: list[Tensor] = []
 
     def _next_batch(self) -> bool:
@@ -177,22 +178,32 @@ class _LoaderFeed(_Payload):
             x = x.transpose(0, 1)
         if not self.direct and x.shape[1] < self.T:
             raise ValueError(f"encoder={self.encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {self.T}")
-        self.queue.extend(x.unbind(0))
+        self.queue.append(x)
+        self.waiting += x.shape[0]
         self.labels.append(torch.as_tensor(y).cpu().long())
         if self.capacity is None:
             self.capacity = x.shape[0]
         return True
 
     def take(self, free: int | None) -> Tensor | None:
-        while (not self.queue or (free is not None and len(self.queue) < free)) and self._next_batch():
+        while (not self.waiting or (free is not None and self.waiting < free)) and self._next_batch():
             pass
         free = self.capacity if free is None else free
-        if not self.queue or free <= 0:
-            self.pending = bool(self.queue) or self.pending
+        if not self.waiting or free <= 0:
+            self.pending = bool(self.waiting) or self.pending
             return None
-        new, self.queue = self.queue[:free], self.queue[free:]
-        self.pending = bool(self.queue) or self.pending
-        return torch.stack(new)
+        parts, need = [], min(free, self.waiting)
+        self.waiting -= need
+        while need:  # the first rows of the queued batches, in order
+            head = self.queue[0]
+            parts.append(head[:need])
+            if head.shape[0] > need:
+                self.queue[0] = head[need:]
+            else:
+                self.queue.pop(0)
+            need -= parts[-1].shape[0]
+        self.pending = bool(self.waiting) or self.pending
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _StreamFeed(_Feed):
