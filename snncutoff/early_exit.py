@@ -156,8 +156,9 @@ class _LoaderFeed(_Payload):
     """Samples of a data loader, taken as slots free up (continuous batching)."""
 
     def __init__(self, data: Iterable, T: int, encoder: Encoder, device, capacity: int | None) -> None:
-        if encoder not in ("direct", "frames", "time_major"):
-            raise ValueError(f"refill=True needs encoder 'direct', 'frames' or 'time_major', got {encoder!r}")
+        if not callable(encoder) and encoder not in ("direct", "frames", "time_major"):
+            raise ValueError("refill=True needs encoder 'direct', 'frames', 'time_major' or a callable, "
+                             f"got {encoder!r}")
         super().__init__(encoder == "direct")
         self.batches, self.T, self.encoder, self.device = iter(data), T, encoder, device
         self.capacity = capacity
@@ -174,7 +175,9 @@ class _LoaderFeed(_Payload):
         x = x.to(self.device) if self.device is not None else x
         if x.is_floating_point():
             check_finite("inputs", x)
-        if self.encoder == "time_major":
+        if callable(self.encoder):  # encoded batch by batch as it is read, as collect_trace does
+            x = encode(x, self.T, self.encoder).transpose(0, 1)
+        elif self.encoder == "time_major":
             x = x.transpose(0, 1)
         if not self.direct and x.shape[1] < self.T:
             raise ValueError(f"encoder={self.encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {self.T}")
@@ -450,8 +453,11 @@ def early_exit_loader(
     ``capacity`` samples (default: the first batch's size): every slot freed by an exit
     is filled by the next sample of the loader at once, so each step runs a full batch
     until the data runs out ("continuous batching"; each sample keeps its own step count
-    and starts from the initial state); then the last samples run in blocks as in
+    and starts from the initial state, in the rows an exited sample left, nothing else
+    moved: :meth:`Backend.reset_rows_module`); then the last samples run in blocks as in
     :func:`early_exit` (``block``). Exit steps and predictions are the same either way.
+    Refill takes any encoder but ``"none"``; a callable one (rate coding) encodes each
+    batch as it is read, in the order :func:`snncutoff.collect_trace` does.
 
     ``wall_time_s`` covers the network steps, decisions and state bookkeeping (data
     loading included only with ``refill``); ``ops_at_exit`` holds each sample's

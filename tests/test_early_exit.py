@@ -373,3 +373,25 @@ def test_refilled_rows_restart_from_the_initial_state_in_place_or_not(name):
                                     progress=False)
         assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
         assert torch.equal(post.ops_at_exit, real.ops_at_exit)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_refill_with_a_random_rate_encoder(name):
+    """A callable encoder (Poisson rate coding) encodes each batch as the loader is read, in the order
+    collect_trace does: with the same seed, the same spikes and the same results."""
+    backend = backend_or_skip(name)
+    snn = backend.convert(small_ann(), calibration=random_batches(seed=4))
+    data = [(x.abs().clamp(0, 1), y) for x, y in random_batches(n=20, batches=3, seed=6)]
+
+    def rate(x, T):
+        return (torch.rand(T, *x.shape) < x).float()
+
+    torch.manual_seed(11)
+    trace = sc.collect_trace(backend, snn, data, T=10, encoder=rate, progress=False)
+    policy = Confidence(0.75)
+    post = policy.evaluate(trace)
+    assert 1 < post.mean_steps < 9  # samples exit at different steps: refilled rows are used
+    torch.manual_seed(11)
+    real = sc.early_exit_loader(backend, snn, data, policy, T=10, encoder=rate, refill=True, capacity=8,
+                                progress=False)
+    assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
