@@ -81,8 +81,8 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def max_softmax(outputs: Tensor) -> Tensor:
-    """``max_c softmax(O)[..., c]`` computed as ``O.softmax(-1).max(-1)`` (``[..., C] -> [...]``)."""
-    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).max(dim=-1).values,), 1)[0]
+    """``max_c softmax(O)[..., c]`` computed as ``O.softmax(-1).amax(-1)`` (``[..., C] -> [...]``)."""
+    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).amax(dim=-1),), 1)[0]
 
 
 def softmax_argmax(outputs: Tensor) -> Tensor:
