@@ -176,7 +176,8 @@ def test_speed_early_exit(tmp_path):
     assert d["block"] == "auto"
     for e in d["backends"].values():
         assert {"realised_speedup", "ideal_speedup", "realised_over_ideal", "step_by_step_seconds",
-                "full_block_seconds", "no_exit_overhead", "network_bound_over_ideal", "decision_overhead",
+                "full_block_seconds", "no_exit_overhead", "no_exit_decided_overhead", "network_bound_over_ideal",
+                "decision_overhead",
                 "step_by_step_network_bound_over_ideal"} <= set(e)
         assert e["network_calls"] >= 1 and e["network_only_seconds"] > 0
         assert e["stream_samples"] == 2 * d["test_samples"] and e["stream_refill_speedup"] > 0

@@ -113,6 +113,34 @@ def test_rule_thresholds_follow_a_changed_parameter():
     assert t.exit_block(0, HAND.outputs)[:, 0].tolist() == [True, True, True]
 
 
+def test_steps_no_score_can_pass_skip_the_scores():
+    # +inf thresholds of a strict rule, or Confidence at 1 - epsilon >= 1: nothing is computed there,
+    # and the decisions are those of computing
+    tr = make_trace(T=6, N=40, C=4, seed=5)
+    p = TopKGap(0.0).fit(tr)
+    p.beta_ = p.beta_.clone()
+    p.beta_[:3] = math.inf
+    expected = p._passes(p._scores(tr.outputs), p.beta_.view(-1, 1))
+    expected[-1] = True
+    calls = []
+    scores = p._scores
+    p._scores = lambda outputs, t0=0: calls.append(t0) or scores(outputs, t0)
+    assert torch.equal(p.exit_block(0, tr.outputs[:3]), torch.zeros(3, 40, dtype=torch.bool)) and calls == []
+    assert torch.equal(p.exit_block(0, tr.outputs), expected) and calls == [0]  # steps 3.. can pass
+    rows = torch.tensor([0, 1] * 20)  # per-row steps: only rows within the silent steps are skipped
+    assert torch.equal(p.exit_block(rows, tr.outputs[:2]), expected[rows.view(1, -1) + torch.arange(2).view(-1, 1),
+                                                                    torch.arange(40)])
+    assert calls == [0]
+    p.beta_ = p.beta_.clone()  # a new thresholds tensor (a refit) is looked at afresh
+    p.beta_[:3] = 0.0
+    assert bool(p.exit_block(0, tr.outputs[:3]).any()) and len(calls) == 2
+    never = Confidence(0.0)
+    never._scores = lambda outputs, t0=0: pytest.fail("scores computed where 1 - epsilon = 1")
+    assert not bool(never.exit_block(0, tr.outputs).any())
+    assert not bool(never.fit(tr).exit_block(0, tr.outputs[:5]).any())
+    assert Confidence(0.2).exit_now(5, tr.outputs[5]).any()  # a rule that can fire still decides
+
+
 def test_conformal_split_quantile_hand_worked():
     # two classes, T=1: scores of the true label for 4 calibration samples
     logits = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])

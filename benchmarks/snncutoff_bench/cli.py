@@ -348,14 +348,16 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
                                       block, stream_repeats)
         rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
                 "realised / ideal | same, block=1 | network alone / ideal | decisions add | "
-                "vs all T in one block | overhead, nothing exits | test set, refill: speed-up / ideal | "
+                "vs all T in one block | overhead, nothing exits: can't / decided | "
+                "test set, refill: speed-up / ideal | "
                 "long stream, refill: speed-up / ideal |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows += [f"| {n} | {e['full_seconds']:.4f} | {e['early_exit_seconds']:.4f} | {e['mean_exit_step']:.2f} | "
                  f"{e['realised_speedup']:.2f}x | {e['ideal_speedup']:.2f}x | {e['realised_over_ideal']:.2f} | "
                  f"{e['step_by_step_over_ideal']:.2f} | {e['network_bound_over_ideal']:.2f} | "
                  f"{100 * e['decision_overhead']:+.0f}% | {e['realised_speedup_vs_full_block']:.2f}x | "
-                 f"{100 * e['no_exit_overhead']:+.1f}% | {e['loader_refill_speedup']:.2f}x / "
+                 f"{100 * e['no_exit_overhead']:+.1f}% / {100 * e['no_exit_decided_overhead']:+.1f}% | "
+                 f"{e['loader_refill_speedup']:.2f}x / "
                  f"{e['loader_ideal_speedup']:.2f}x | {e['stream_refill_speedup']:.2f}x / "
                  f"{e['loader_ideal_speedup']:.2f}x ({e['stream_samples']} samples) |"
                  for n, e in results["backends"].items()]

@@ -6,6 +6,7 @@ input, best of ``repeats`` runs (this machine is shared and noisy).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +30,12 @@ def _best(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+class _DecidedNever(sc.Confidence):
+    """``Confidence(0)`` without its score bound: scored and decided at every step, never fires."""
+
+    score_max = math.inf
 
 
 def _paired_overhead(fn: Callable[[], object], base: Callable[[], object], rounds: int, cuda: bool) -> float:
@@ -197,8 +204,10 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     ``network_bound_over_ideal`` is the most any decision loop could reach with that
     schedule, ``decision_overhead`` what snncutoff's decisions and bookkeeping add
     (``step_by_step_*``: the same for ``block=1``). ``no_exit_overhead``: early exit with a
-    rule that never fires (``Confidence(0)``) against the plain step loop, the median of
-    ``repeats`` ratios timed back to back. The ``loader_*`` figures cover the
+    rule that never fires (``Confidence(0)``, which the policy knows: its scores are not
+    computed) against the plain step loop, the median of ``repeats`` ratios timed back to
+    back; ``no_exit_decided_overhead`` the same with the rule scored and decided at every
+    step. The ``loader_*`` figures cover the
     whole test loader, with continuous batching (``early_exit_loader(refill=True)``);
     ``stream_*`` a long stream, the test loader ``stream_repeats`` times over (all T
     steps for it timed as that many passes over the loader), where continuous batching
@@ -230,8 +239,8 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         def early(b=b, snn=snn, p=p, k=block):
             return sc.early_exit(b, snn, x, p, T, block=k)
 
-        def never(b=b, snn=snn):  # Confidence(0) never exits before T: the streaming loop's overhead
-            return sc.early_exit(b, snn, x, sc.Confidence(0.0), T, block=block)
+        def never(b=b, snn=snn, rule=None):  # never exits before T: the streaming loop's overhead
+            return sc.early_exit(b, snn, x, rule or sc.Confidence(0.0), T, block=block)
 
         schedules = {}
         for k in (block, 1):  # the network calls each early-exit run makes
@@ -243,6 +252,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             t_early = _best(early, repeats, cuda)
             t_never = _best(never, repeats, cuda)
             never_overhead = _paired_overhead(never, full, repeats, cuda)
+            decided_overhead = _paired_overhead(partial(never, rule=_DecidedNever(0.0)), full, repeats, cuda)
             t_step_by_step = _best(lambda: early(k=1), repeats, cuda)
             t_full_block = _best(full_block, repeats, cuda)
             t_net, t_net_1 = (_best(partial(_replay, b, snn, x_seq, schedules[k], plan), repeats, cuda)
@@ -279,6 +289,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             "step_by_step_network_bound_over_ideal": t_full / t_net_1 / ideal,
             "step_by_step_decision_overhead": t_step_by_step / t_net_1 - 1.0,
             "no_exit_seconds": t_never, "no_exit_overhead": never_overhead,
+            "no_exit_decided_overhead": decided_overhead,
             "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
             "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
             "loader_refill_over_ideal": t_loader_full / t_refill / loader_ideal,

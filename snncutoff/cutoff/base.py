@@ -11,6 +11,7 @@ and ``_passes``, so they agree sample by sample. ``__init__`` only stores hyper-
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -34,6 +35,9 @@ class CutoffPolicy:
     needs_fit: ClassVar[bool] = True
     #: minimum number of classes the score is defined for
     min_classes: ClassVar[int] = 2
+    #: the largest score the rule can produce: at a step whose threshold no score can pass
+    #: (``+inf`` for a strict rule, or beyond this bound) on-line decisions skip the scores
+    score_max: ClassVar[float] = math.inf
 
     # ------------------------------------------------------------ to implement
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
@@ -59,8 +63,8 @@ class CutoffPolicy:
         raise NotImplementedError
 
     def _rule_threshold(self) -> Tensor:
-        """The step-independent threshold of a rule that needs no fit (``exit_now`` unfitted)."""
-        return self._rule_thresholds(1)[0]
+        """The step-independent threshold ``[1]`` of a rule that needs no fit (``exit_now`` unfitted)."""
+        return self._rule_thresholds(1)
 
     def _rule_thresholds(self, T: int) -> Tensor:
         """``[T]`` thresholds of a rule that learns nothing: built once per (parameter, T),
@@ -106,6 +110,18 @@ class CutoffPolicy:
         if self.needs_fit:
             raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before evaluate / exit_now")
         return self._thresholds(None, [getattr(self, self.param)], trace.T)[0]
+
+    def _silent(self, thresholds: Tensor, dtype: torch.dtype) -> list[bool] | None:
+        """Per threshold: whether no score can pass it (compared in ``dtype``), or None when the
+        rule cannot tell. Cached for the thresholds tensor (the fitted one, or a rule's cached one)."""
+        if not (self.strict or math.isfinite(self.score_max)):
+            return None
+        cached = self.__dict__.get("_silent_cache")
+        if cached is None or cached[0] is not thresholds or cached[1] != dtype:
+            t = thresholds.to(dtype)
+            flags = t >= self.score_max if self.strict else t > self.score_max
+            cached = self._silent_cache = (thresholds, dtype, flags.reshape(-1).tolist())
+        return cached[2]
 
     def _passes(self, scores: Tensor, thresholds: Tensor) -> Tensor:
         # in the scores' dtype, as a Python-float threshold compared with them would be
@@ -167,17 +183,24 @@ class CutoffPolicy:
             lo, hi = (int(t0.min()), int(t0.max()) + k - 1) if n else (0, 0)
         else:
             lo, hi = t0, t0 + k - 1
-        thresholds = self._step_thresholds(lo, hi, t0)
-        scores = self._scores(outputs, t0)
-        if thresholds is None:
-            return self._passes(scores, self._rule_threshold())
-        thresholds = thresholds.to(outputs.device)
-        if per_row:
-            steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1)  # [k, N]
-            return self._passes(scores, thresholds[steps]) | (steps == self.T_ - 1)
-        decision = self._passes(scores, thresholds[t0 : t0 + k].view(-1, 1))
-        if t0 + k == self.T_:
-            decision[-1] = True
+        thresholds = self._step_thresholds(lo, hi, t0)  # [T] when fitted
+        fitted = thresholds is not None
+        if not fitted:
+            thresholds, lo, hi = self._rule_threshold(), 0, 0
+        steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
+        silent = self._silent(thresholds, outputs.dtype)
+        if silent is not None and all(silent[lo : hi + 1]):  # no score can pass: nothing to compute
+            decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
+        else:
+            if fitted:
+                thresholds = thresholds.to(outputs.device)
+                thresholds = thresholds[steps] if per_row else thresholds[t0 : t0 + k].view(-1, 1)
+            decision = self._passes(self._scores(outputs, t0), thresholds)
+        if fitted:  # the forced exit at the last step
+            if per_row:
+                return decision | (steps == self.T_ - 1)
+            if t0 + k == self.T_:
+                decision[-1] = True
         return decision
 
     @torch.no_grad()

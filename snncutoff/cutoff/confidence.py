@@ -29,6 +29,7 @@ class Confidence(CutoffPolicy):
 
     param = "epsilon"
     needs_fit = False
+    score_max = 1.0  # a softmax probability: 1 - epsilon >= 1 (epsilon = 0) never exits
 
     def __init__(self, epsilon: float = 0.0) -> None:
         self.epsilon = check_unit_interval("epsilon", epsilon)
