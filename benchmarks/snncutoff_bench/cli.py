@@ -313,7 +313,7 @@ def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--early-exit", is_flag=True,
               help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
 @click.option("--epsilon", default=0.0, show_default=True, type=float,
-              help="TopKGap epsilon of --early-exit (a tiny value measures the overhead when nothing exits).")
+              help="TopKGap epsilon of --early-exit (the overhead when nothing exits is timed with Confidence(0)).")
 @click.option("--block", default="auto", show_default=True, callback=_block_option,
               help="Steps between decisions of --early-exit: 'auto' or an integer (1: decide after every step).")
 @click.option("--stream-repeats", default=16, show_default=True, type=click.IntRange(min=1),
