@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
+from ._progress import progress as progress_bar
 from .backends import resolve
 from .trace import Trace
 from .validation import check_finite
@@ -101,8 +100,7 @@ def collect_trace(
     net.eval()
     outputs, labels, ops = [], [], []
     try:
-        batches = tqdm(data, desc=f"{backend.name} T={T}", disable=not progress, leave=False, unit="batch")
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(progress_bar(data, f"{backend.name} T={T}", progress)):
             x, y = _split(batch)
             if x.is_floating_point():
                 check_finite(f"inputs of batch {i}", x)

@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
+from ._progress import bar, progress as progress_bar
 from .backends import resolve
 from .collect import Encoder, _split, encode
 from .cutoff.base import CutoffPolicy
@@ -470,7 +469,7 @@ def early_exit_loader(
                          progress)
     steps, preds, labels, ops = [], [], [], []
     wall = 0.0
-    for batch in tqdm(data, desc="early exit", disable=not progress, leave=False, unit="batch"):
+    for batch in progress_bar(data, "early exit", progress):
         x, y = _split(batch)
         if device is not None:
             x = x.to(device)
@@ -499,10 +498,10 @@ def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device
     feed = _LoaderFeed(data, T, encoder, device, capacity)
     records: list[_Exits] = []
     t_start = time.perf_counter()
-    with tqdm(desc="early exit (refill)", disable=not progress, leave=False, unit="sample") as bar:
+    with bar("early exit (refill)", progress, "sample") as b:
         for rec in _exits(backend, net, feed, policy, T, readout, count_ops, block):
             records.append(rec)
-            bar.update(rec[1].numel())
+            b.update(rec[1].numel())
     wall = time.perf_counter() - t_start
     if not records:
         raise ValueError("data yielded no batch")

@@ -1,14 +1,25 @@
-"""Atomic writes: a file is either the old one or the complete new one, never half.
+"""Files: atomic writes and validated reads.
 
-Each writer writes to a temporary file in the destination's folder, flushes it to
-disk, then renames it over the destination (``os.replace`` is atomic on POSIX and
-Windows). An interrupted write leaves the previous file untouched.
+Writes: each writer writes to a temporary file in the destination's folder
+(``.<name>.<pid>.<random>.tmp``), flushes it to disk, then renames it over the
+destination (``os.replace`` is atomic on POSIX and Windows). An interrupted write
+leaves the previous file untouched; a temporary file left behind by a killed process
+(its pid no longer runs) is removed by the next write of the same name. A full disk is
+reported as :class:`DiskFullError`, and nothing partial is left.
+
+Reads: :func:`load_torch` reads with ``torch.load(weights_only=True)`` (no code is run)
+and turns every way a file can be unreadable (missing, empty, truncated, not a torch
+file, holding code) into one :class:`CorruptFileError` line naming the file, what is
+wrong and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,18 +28,70 @@ from typing import IO, Any
 import torch
 
 
+class CorruptFileError(ValueError):
+    """A file snncutoff reads is missing a part, truncated, empty, foreign or of another version."""
+
+
+class DiskFullError(OSError):
+    """A write failed because the device holding the file is full (nothing partial is left)."""
+
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.*.tmp`` files of ``path`` whose writer no longer runs."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m and m["name"] == path.name and not _pid_alive(int(m["pid"])):
+            tmp.unlink(missing_ok=True)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's zip writer reports a short write as "[enforce fail ...] unexpected pos ..."
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "failed writing" in str(exc)):
+        try:
+            return shutil.disk_usage(folder).free < 16 * 2**20
+        except OSError:
+            return False
+    return False
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the folder {path.parent} for {path.name}: {exc.strerror}") from exc
+    _remove_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write in {path.parent}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(exc, path.parent):
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent} while writing "
+                                f"{path.name}; free some space and run again (the previous {path.name}, if any, "
+                                "is untouched)") from exc
         raise
     return path
 
@@ -47,3 +110,37 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write raw bytes (for example a PNG), atomically."""
     return _atomic(path, lambda f: f.write(data))
+
+
+def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any = "cpu") -> dict:
+    """Read a dict written by ``torch.save`` with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        what: what the file should be, for messages (``"snncutoff trace"``).
+        fix: what to do when it is unreadable (``"collect the trace again"``).
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptFileError: empty, truncated, not a torch file, holding objects other than
+            tensors and plain data (it is never executed), or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptFileError(f"{path} is empty, not a {what} file (an interrupted copy?); {fix}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, OS and torch errors all mean "unreadable"
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            why = "it holds Python objects other than tensors and plain data, which snncutoff never executes"
+        elif isinstance(exc, (EOFError, OSError)) or "zip archive" in text or "central directory" in text:
+            why = f"it is truncated or not a torch file ({size} bytes)"
+        else:
+            why = f"it is not a torch file snncutoff can read ({type(exc).__name__})"
+        raise CorruptFileError(f"{path} is not a readable {what} file: {why}; {fix}") from None
+    if not isinstance(payload, dict):
+        raise CorruptFileError(f"{path} is not a {what} file (it holds a {type(payload).__name__}, not a dict); {fix}")
+    return payload

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .io import atomic_torch_save
-from .validation import check_labels, check_ops, check_outputs
+from .io import CorruptFileError, atomic_torch_save, load_torch
+from .validation import check_labels, check_ops, check_outputs, json_ready
 
 FORMAT_VERSION = 1
 
@@ -71,6 +71,7 @@ class Trace:
             object.__setattr__(self, "ops", check_ops(self.ops, outputs.shape[0], outputs.shape[1]).detach())
         if not isinstance(self.meta, dict):
             raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
+        object.__setattr__(self, "meta", json_ready(self.meta, "meta"))
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -190,16 +191,23 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Trace:
-        """Read a trace written by :meth:`save` (``weights_only=True``: no code is run)."""
+        """Read a trace written by :meth:`save` (``weights_only=True``: no code is run).
+
+        Raises:
+            FileNotFoundError: no such file.
+            CorruptFileError: empty, truncated, foreign or newer-format file (one line naming it).
+            ValueError: the stored tensors do not form a valid trace.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no trace file at {path}")
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(payload, dict) or "format_version" not in payload:
-            raise ValueError(f"{path} is not a snncutoff trace file (no format_version)")
-        if payload["format_version"] > FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has trace format {payload['format_version']}, newer than this snncutoff "
-                f"reads ({FORMAT_VERSION}); upgrade snncutoff"
-            )
-        return cls(payload["outputs"], payload["labels"], payload.get("ops"), payload.get("meta") or {})
+        fix = "collect it again (snncutoff.collect_trace, snncutoff-bench compare) and save it with Trace.save"
+        payload = load_torch(path, "snncutoff trace", fix, map_location)
+        version = payload.get("format_version")
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise CorruptFileError(f"{path} has trace format {version}, newer than this snncutoff reads "
+                                   f"({FORMAT_VERSION}); upgrade snncutoff")
+        if version is None or "outputs" not in payload or "labels" not in payload:
+            raise CorruptFileError(f"{path} is not a snncutoff trace file (keys: {', '.join(map(str, payload))}); {fix}")
+        try:
+            return cls(payload["outputs"], payload["labels"], payload.get("ops"), payload.get("meta") or {})
+        except (TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{path} holds an invalid trace: {exc}") from None

@@ -33,11 +33,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .collect import encode
 from .constraints import Constraint
-from .io import atomic_torch_save
+from ._progress import bar
+from .io import CorruptFileError, atomic_torch_save, load_torch
 from .losses import MeanOutputLoss, TETLoss
 from .regularizers import rcs_ann, rcs_snn
 from .validation import check_choice
@@ -230,31 +231,32 @@ class Trainer:
         self.best_accuracy_ = 0.0
         start = 0
         if self.resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
-            start = self._load(self.checkpoint_dir / "last.pt", opt, sched)
+            start = self._load(self.checkpoint_dir / "last.pt", opt, sched, train_loader)
         show = self.progress and rank == 0
         for epoch in range(start, c.epochs):
             if world > 1:
                 train_loader.sampler.set_epoch(epoch)
             model.train()
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not show, leave=False)
-            for x, y in bar:
-                x, y = x.to(self.device), y.to(self.device)
-                with self._rcs() as penalty:
-                    out = self._forward(module, x)
-                loss = criterion(out, y)
-                if c.rcs_alpha > 0:
-                    loss = loss + c.rcs_alpha * penalty(out, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch + 1}; "
-                                             f"lower the learning rate (now {c.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n = y.numel()
-                sums += torch.tensor([float(loss.detach()) * n, float((self._prediction(out.detach()) == y).sum()), n],
-                                     dtype=torch.float64, device=self.device)
-                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", acc=f"{float(sums[1] / sums[2]):.3f}")
+            with bar(f"epoch {epoch + 1}/{c.epochs}", show, total=len(train_loader)) as b:
+                for x, y in train_loader:
+                    x, y = x.to(self.device), y.to(self.device)
+                    with self._rcs() as penalty:
+                        out = self._forward(module, x)
+                    loss = criterion(out, y)
+                    if c.rcs_alpha > 0:
+                        loss = loss + c.rcs_alpha * penalty(out, y)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch + 1}; "
+                                                 f"lower the learning rate (now {c.lr})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    n = y.numel()
+                    sums += torch.tensor([float(loss.detach()) * n, float((self._prediction(out.detach()) == y).sum()),
+                                          n], dtype=torch.float64, device=self.device)
+                    b.update(1)
+                    b.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", acc=f"{float(sums[1] / sums[2]):.3f}")
             if world > 1:
                 dist.all_reduce(sums)
             sched.step()
@@ -275,15 +277,16 @@ class Trainer:
             if show:
                 tqdm.write(json.dumps(record), file=sys.stderr)
             if rank == 0 and self.checkpoint_dir is not None:
-                self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1)
+                self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1, train_loader)
                 if improved:
-                    self._save(self.checkpoint_dir / "best.pt", opt, sched, epoch + 1)
+                    self._save(self.checkpoint_dir / "best.pt", opt, sched, epoch + 1, train_loader)
         self.epoch_ = c.epochs
         return self
 
     # ----------------------------------------------------------- checkpoints
-    def _save(self, path: Path, opt, sched, epoch: int) -> None:
+    def _save(self, path: Path, opt, sched, epoch: int, loader: DataLoader) -> None:
         atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -291,33 +294,97 @@ class Trainer:
             "config": asdict(self.config),
             "best_accuracy": self.best_accuracy_,
             "history": self.history_,
+            "rng": rng_state(getattr(loader, "generator", None)),
         }, path)
 
-    def _load(self, path: Path, opt, sched) -> int:
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        if ckpt.get("config") != asdict(self.config):
-            raise ValueError(f"checkpoint {path} was written with a different config; start afresh or match it")
+    def _load(self, path: Path, opt, sched, loader: DataLoader) -> int:
+        ckpt = load_torch(path, "snncutoff training checkpoint",
+                          f"delete {path} to train from the start (resume=False / without --resume)", self.device)
+        missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "config", "rng") if k not in ckpt]
+        if missing:
+            raise CorruptFileError(f"{path} cannot be resumed from: it lacks {', '.join(missing)} (written by another "
+                                   "program or an older snncutoff); delete it to train from the start")
+        if ckpt["config"] != asdict(self.config):
+            diff = sorted(k for k in set(ckpt["config"]) | set(asdict(self.config))
+                          if ckpt["config"].get(k) != asdict(self.config).get(k))
+            raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(diff)} differ); "
+                             "resume with the same settings, or delete it to start afresh")
+        mismatch = state_dict_mismatch(self.model, ckpt["model"])
+        if mismatch:
+            raise ValueError(f"checkpoint {path} does not match the model: {mismatch}")
         self.model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         self.best_accuracy_ = ckpt["best_accuracy"]
         self.history_ = list(ckpt["history"])
+        set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
         return int(ckpt["epoch"])
 
 
+CHECKPOINT_FORMAT = 1
+
+
+def state_dict_mismatch(model: nn.Module, state: dict) -> str:
+    """Why ``state`` does not load into ``model`` (missing, unexpected, reshaped tensors), or ``""``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in own
+                if k in state and isinstance(state[k], Tensor) and state[k].shape != own[k].shape]
+    parts = []
+    for what, keys in (("missing from the file", missing), ("not in the model", unexpected),
+                       ("of another shape", reshaped)):
+        if keys:
+            first = ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
+            parts.append(f"{len(keys)} tensor(s) {what} ({first})")
+    return "; ".join(parts)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random state a training run draws from: Python, NumPy, torch (CPU and CUDA),
+    and the data loader's own generator (its shuffling), as tensors and plain data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "loader": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` recorded (the loader's generator too, when both have one)."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state["loader"] is not None:
+        generator.set_state(state["loader"])
+
+
 def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the weights of a checkpoint written by :class:`Trainer` into ``model``."""
+    """Load the weights of a checkpoint written by :class:`Trainer` (or ``{"model": state_dict}``) into ``model``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptFileError: the file is empty, truncated, not a torch file, or has no ``model`` entry.
+        ValueError: its weights do not fit ``model`` (another architecture, class count or input size).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" not in ckpt:
-        raise ValueError(f"{path} is not a snncutoff checkpoint (no 'model' entry)")
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not match the model: {exc}") from exc
+    ckpt = load_torch(path, "snncutoff checkpoint", "point to a checkpoint written by snncutoff-bench train or a "
+                      "Trainer (best.pt / last.pt)")
+    if not isinstance(ckpt.get("model"), dict):
+        raise CorruptFileError(f"{path} is not a snncutoff checkpoint (no 'model' state dict; keys: "
+                               f"{', '.join(map(str, list(ckpt)[:6]))})")
+    mismatch = state_dict_mismatch(model, ckpt["model"])
+    if mismatch:
+        raise ValueError(f"checkpoint {path} does not match the model ({type(model).__name__}): {mismatch}; it was "
+                         "written for another architecture, number of classes, input size or QCFS levels")
+    model.load_state_dict(ckpt["model"])
     return model
 
 
-__all__ = ["TrainConfig", "Trainer", "distributed_env", "load_model", "seed_everything"]
+__all__ = ["TrainConfig", "Trainer", "distributed_env", "load_model", "rng_state", "seed_everything", "set_rng_state"]

@@ -8,7 +8,10 @@ caller can fix the call without reading the source (scikit-learn's
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -18,9 +21,40 @@ class NotFittedError(ValueError, AttributeError):
     """A policy that learns from calibration data was used before ``fit``."""
 
 
+def json_ready(value: Any, name: str) -> Any:
+    """A copy of ``value`` made of JSON types (dict with str keys, list, str, int, float, bool, None).
+
+    NumPy scalars and 0-d arrays or tensors become Python numbers, tuples become lists,
+    ``pathlib.Path`` / dates / times / enums their ``str`` (ISO format for dates);
+    anything else is a ``TypeError`` naming where it is (``meta['run']['when']``).
+    """
+    import datetime
+    import enum
+    import os
+
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{name} keys must be strings, got {k!r} ({type(k).__name__})")
+            out[k] = json_ready(v, f"{name}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (os.PathLike, enum.Enum)):
+        return str(value.value if isinstance(value, enum.Enum) else value)
+    if hasattr(value, "item") and tuple(getattr(value, "shape", (None,))) == ():  # numpy / torch scalars
+        return json_ready(value.item(), name)
+    raise TypeError(f"{name} must be JSON-ready (str, number, bool, None, list, dict); got {type(value).__name__}")
+
+
 def check_unit_interval(name: str, value: Any) -> float:
     """Return ``value`` as a float in ``[0, 1)`` or raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
     value = float(value)
     if not (0.0 <= value < 1.0):
@@ -30,8 +64,9 @@ def check_unit_interval(name: str, value: Any) -> float:
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as an int ``>= minimum`` or raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return value

@@ -68,7 +68,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no trace file"):
+    with pytest.raises(FileNotFoundError, match="no snncutoff trace file"):
         Trace.load(tmp_path / "missing.pt")
     torch.save({"x": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a snncutoff trace"):
