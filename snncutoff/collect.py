@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from ._progress import progress as progress_bar
 from .backends import resolve
 from .trace import Trace

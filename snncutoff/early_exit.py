@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from ._progress import bar, progress as progress_bar
+
+from ._progress import bar
+from ._progress import progress as progress_bar
 from .backends import resolve
 from .collect import Encoder, _split, encode
 from .cutoff.base import CutoffPolicy

@@ -206,7 +206,8 @@ class Trace:
             raise CorruptFileError(f"{path} has trace format {version}, newer than this snncutoff reads "
                                    f"({FORMAT_VERSION}); upgrade snncutoff")
         if version is None or "outputs" not in payload or "labels" not in payload:
-            raise CorruptFileError(f"{path} is not a snncutoff trace file (keys: {', '.join(map(str, payload))}); {fix}")
+            keys = ", ".join(map(str, payload))
+            raise CorruptFileError(f"{path} is not a snncutoff trace file (keys: {keys}); {fix}")
         try:
             return cls(payload["outputs"], payload["labels"], payload.get("ops"), payload.get("meta") or {})
         except (TypeError, ValueError) as exc:

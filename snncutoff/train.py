@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from ._progress import bar
 from .collect import encode
 from .constraints import Constraint
-from ._progress import bar
 from .io import CorruptFileError, atomic_torch_save, load_torch
 from .losses import MeanOutputLoss, TETLoss
 from .regularizers import rcs_ann, rcs_snn

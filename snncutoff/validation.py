@@ -12,7 +12,6 @@ import numbers
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch import Tensor
 
