@@ -10,9 +10,10 @@ framework's integrate-and-fire neuron for a given threshold. The steps:
    ``torch.fx``, or by running one calibration batch when tracing fails);
 2. thresholds: a constraint's own; for ``nn.ReLU`` the calibration rule (``"max"`` of
    the activation over the calibration data, or a percentile such as ``"99.9%"``);
-3. layers: ``MaxPool`` is refused unless ``maxpool="avg"``; ``Dropout`` becomes
-   ``Identity``; ``BatchNorm`` after a ``Conv``/``Linear`` in a ``Sequential`` is
-   fused with ``fuse_bn=True`` (kept otherwise: in eval mode it is affine per step);
+3. layers: ``MaxPool`` is refused unless ``maxpool="avg"``; ``Dropout`` and an empty
+   ``nn.Sequential()`` (the identity shortcut of residual blocks) become ``Identity``;
+   ``BatchNorm`` after a ``Conv``/``Linear`` in a ``Sequential`` is fused with
+   ``fuse_bn=True`` (kept otherwise: in eval mode it is affine per step);
    any other leaf module not listed in :data:`SUPPORTED` is an error naming it;
 4. each activation is replaced by ``make_neuron(threshold, v_init)``; the last layer
    (no activation after it) stays non-spiking and its per-step output is the logits.
@@ -54,6 +55,11 @@ class ConvertedActivation:
     kind: str
     threshold: float
     v_init: float
+
+
+def _is_empty_sequential(m: nn.Module) -> bool:
+    """An ``nn.Sequential()`` with no layers: the identity shortcut of the CIFAR ResNets."""
+    return type(m) is nn.Sequential and len(m) == 0
 
 
 def _is_activation(m: nn.Module) -> bool:
@@ -344,8 +350,8 @@ def convert_ann(
                 v_init = spec.v_init if spec.v_init is not None else getattr(child, "v_init", 0.5)
                 new = make_neuron(theta, float(v_init))
                 converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
-            elif isinstance(child, _DROPOUT):
-                new = nn.Identity()
+            elif isinstance(child, _DROPOUT) or _is_empty_sequential(child):
+                new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
             elif isinstance(child, _MAXPOOL):
                 if maxpool != "avg":
                     raise ConversionError(

@@ -10,7 +10,6 @@ bound on mean exit step that any run-time cutoff can reach at no accuracy loss.
 
 from __future__ import annotations
 
-from .cutoff.functional import optimal_cutoff_steps
 from .result import CutoffResult
 from .trace import Trace
 
@@ -27,4 +26,4 @@ def optimal_cutoff(trace: Trace) -> CutoffResult:
     """
     if not isinstance(trace, Trace):
         raise TypeError(f"expected a snncutoff.Trace, got {type(trace).__name__}")
-    return CutoffResult.from_exit_steps(trace, optimal_cutoff_steps(trace.correct()), "OCT")
+    return CutoffResult.from_exit_steps(trace, trace.oct_steps(), "OCT")

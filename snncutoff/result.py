@@ -56,8 +56,8 @@ class CutoffResult:
             raise ValueError(f"exit_step must lie in [1, T] = [1, {trace.T}]")
         predictions = trace.predictions_at(exit_step)
         ops_at_exit = ops_full = None
-        if trace.ops is not None:
-            cum = trace.cached("ops_cumsum", lambda: trace.ops.to(torch.float64).cumsum(dim=0))
+        cum = trace.ops_cumulative()
+        if cum is not None:
             ops_at_exit, ops_full = cum[exit_step - 1, torch.arange(trace.N, device=exit_step.device)], cum[-1]
         return cls(exit_step, predictions, trace.labels, trace.T, ops_at_exit, ops_full, policy)
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _native, stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
 from .validation import check_labels, check_ops, check_outputs, json_ready
 
@@ -59,7 +60,7 @@ class Trace:
     labels: Tensor
     ops: Tensor | None = None
     meta: dict = field(default_factory=dict)
-    # derived statistics (Top-K gaps, softmax maxima ...) computed once per trace, lazily
+    # statistics (gaps, softmax maxima ...) computed once per trace, lazily (see the methods below)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,30 +133,73 @@ class Trace:
         """Number of classes."""
         return self.outputs.shape[2]
 
-    # ------------------------------------------------------------- derived
-    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per trace and key; later calls return the stored value.
-
-        The trace is immutable, so any statistic derived from it (for example the Top-K
-        gaps every ``TopKGap`` fit, evaluation and sweep needs) can be kept with it.
-        """
+    # ---------------------------------------------------------- statistics
+    # Each is computed once per trace (the trace is immutable) and kept with it, so every
+    # policy, evaluation and sweep on the same trace shares it. The maths is in snncutoff.stats.
+    def _stat(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
 
     def predictions(self) -> Tensor:
         """``[T, N]`` argmax of the cumulative output at every step (first index on ties)."""
-        return self.cached("predictions", lambda: self.outputs.argmax(dim=-1))
+        if "top2" in self._cache:
+            return self._cache["top2"][1]
+        return self._stat("predictions", lambda: self.outputs.argmax(dim=-1))
+
+    def gaps(self) -> Tensor:
+        """``[T, N]`` top-1 minus top-2 of the cumulative output (:func:`snncutoff.stats.top2_gap`).
+
+        Uses the one-pass compiled kernel where it was built (same values: the outputs are
+        validated finite); the argmax it finds on the way is kept as :meth:`predictions`."""
+
+        def compute() -> tuple[Tensor, Tensor]:
+            native = _native.top2_gap(self.outputs)
+            return native if native is not None else stats.top2_gap(self.outputs)
+
+        if self.C < 2:
+            raise ValueError(f"the top-1 / top-2 gap needs C >= 2 classes, got C = {self.C}")
+        return self._stat("top2", compute)[0]
+
+    def max_softmax(self) -> Tensor:
+        """``[T, N]`` largest softmax probability of the cumulative output (outputs' dtype)."""
+        return self._stat("max_softmax", lambda: stats.max_softmax(self.outputs))
+
+    def softmax_argmax(self) -> Tensor:
+        """``[T, N]`` argmax of the softmax (differs from :meth:`predictions` only where softmax rounds to a tie)."""
+        return self._stat("softmax_argmax", lambda: stats.softmax_argmax(self.outputs))
+
+    def normalized_entropy(self) -> Tensor:
+        """``[T, N]`` entropy of the softmax of the cumulative output over ``log C``, in [0, 1]."""
+        return self._stat("entropy", lambda: stats.normalized_entropy(self.outputs))
+
+    def argmax_runs(self) -> Tensor:
+        """``[T, N]`` int64: steps in a row, ending at t, with the argmax of step t (``>= 1``)."""
+        return self._stat("runs", lambda: stats.argmax_runs(self.predictions()))
+
+    def kth_nonconformity(self, k: int) -> Tensor:
+        """``[T, N]`` k-th smallest SpikeCP nonconformity over the classes (see :mod:`snncutoff.stats`)."""
+        return self._stat(("kth_nonconformity", k), lambda: stats.kth_nonconformity(self.outputs, k))
+
+    def oct_steps(self) -> Tensor:
+        """``[N]`` int64 Optimal Cutoff Timestep of every sample, 1-based (see :mod:`snncutoff.oct`)."""
+        return self._stat("oct", lambda: stats.optimal_cutoff_steps(self.correct()))
+
+    def ops_cumulative(self) -> Tensor | None:
+        """``[T, N]`` float64 operations up to and including each step, or None without ``ops``."""
+        if self.ops is None:
+            return None
+        return self._stat("ops_cumulative", lambda: self.ops.to(torch.float64).cumsum(dim=0))
 
     def predictions_at(self, steps: Tensor) -> Tensor:
         """``[N]`` prediction of sample n after ``steps[n]`` steps (1-based, ``[N]`` int).
 
-        Reads the cached ``[T, N]`` predictions when a policy has already computed them,
-        otherwise takes the argmax of the N selected rows only.
+        Reads the ``[T, N]`` predictions when they have been computed, otherwise takes the
+        argmax of the N selected rows only.
         """
         rows = torch.arange(self.N, device=steps.device)
-        if "predictions" in self._cache:
-            return self._cache["predictions"][steps - 1, rows]
+        if "top2" in self._cache or "predictions" in self._cache:
+            return self.predictions()[steps - 1, rows]
         return self.outputs[steps - 1, rows].argmax(dim=-1)
 
     def correct(self) -> Tensor:

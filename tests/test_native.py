@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from snncutoff import TopKGap, Trace, _native
-from snncutoff.cutoff.functional import top2_gap
+from snncutoff.stats import top2_gap
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="the optional C kernel was not built (no compiler)")
 

@@ -124,7 +124,7 @@ def test_steps_no_score_can_pass_skip_the_scores():
     expected[-1] = True
     calls = []
     scores = p._scores
-    p._scores = lambda outputs, t0=0: calls.append(t0) or scores(outputs, t0)
+    p._scores = lambda outputs, t0=0, states=None: calls.append(t0) or scores(outputs, t0)
     assert torch.equal(p.exit_block(0, tr.outputs[:3]), torch.zeros(3, 40, dtype=torch.bool)) and calls == []
     assert torch.equal(p.exit_block(0, tr.outputs), expected) and calls == [0]  # steps 3.. can pass
     rows = torch.tensor([0, 1] * 20)  # per-row steps: only rows within the silent steps are skipped
@@ -135,7 +135,7 @@ def test_steps_no_score_can_pass_skip_the_scores():
     p.beta_[:3] = 0.0
     assert bool(p.exit_block(0, tr.outputs[:3]).any()) and len(calls) == 2
     never = Confidence(0.0)
-    never._scores = lambda outputs, t0=0: pytest.fail("scores computed where 1 - epsilon = 1")
+    never._scores = lambda outputs, t0=0, states=None: pytest.fail("scores computed where 1 - epsilon = 1")
     assert not bool(never.exit_block(0, tr.outputs).any())
     assert not bool(never.fit(tr).exit_block(0, tr.outputs[:5]).any())
     assert Confidence(0.2).exit_now(5, tr.outputs[5]).any()  # a rule that can fire still decides

@@ -110,31 +110,42 @@ class SpikingJellyBackend(Backend):
         module.reset()
 
     def select_module(self, module: nn.Module, keep: Tensor) -> None:
+        """Keep batch rows ``keep`` of every per-sample memory (a tensor ``[N, ...]``, or a list of them,
+        such as a sliding neuron's queue); a memory shared by the whole batch (a step counter) stays."""
         for name, value in list(module._memories.items()):
-            if isinstance(value, Tensor) and value.dim() >= 1:
+            if _per_row(value):
                 setattr(module, name, value.index_select(0, keep.to(value.device)))
+            elif isinstance(value, list) and any(_per_row(v) for v in value):
+                setattr(module, name, [v.index_select(0, keep.to(v.device)) if _per_row(v) else v for v in value])
         v_seq = getattr(module, "v_seq", None)
         if isinstance(v_seq, Tensor) and v_seq.dim() >= 2:
             module.v_seq = v_seq.index_select(1, keep.to(v_seq.device))
 
     def admit_module(self, module: nn.Module, n: int) -> None:
-        for name, value in list(module._memories.items()):
-            if isinstance(value, Tensor) and value.dim() >= 1:
-                init = module._memories_rv[name]
-                fresh = init.expand(n, *value.shape[1:]) if isinstance(init, Tensor) and init.dim() >= 1 \
-                    else torch.full((n, *value.shape[1:]), float(init), dtype=value.dtype, device=value.device)
-                setattr(module, name, torch.cat([value, fresh.to(value)]))
+        for name, value in self._row_memories(module):
+            fresh = _fresh_rows(module, name, value, n)
+            setattr(module, name, torch.cat([value, fresh]))
 
     def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
-        """In place: each memory's rows ``rows`` back to its reset value (``_memories_rv``)."""
+        """In place: each per-sample memory's rows ``rows`` back to its reset value (``_memories_rv``; a
+        memory that resets to None is one SpikingJelly creates as zeros on first use)."""
+        for name, value in self._row_memories(module):
+            idx = rows.to(value.device)
+            value.index_copy_(0, idx, _fresh_rows(module, name, value, idx.numel()))
+
+    @staticmethod
+    def _row_memories(module: nn.Module) -> list[tuple[str, Tensor]]:
+        """The memories holding one row per sample, after checking the others can be left alone."""
+        rows = []
         for name, value in module._memories.items():
-            if isinstance(value, Tensor) and value.dim() >= 1:
-                init = module._memories_rv[name]
-                idx = rows.to(value.device)
-                if isinstance(init, Tensor) and init.dim() >= 1:
-                    value.index_copy_(0, idx, init.to(value).expand(idx.numel(), *value.shape[1:]))
-                else:
-                    value.index_fill_(0, idx, float(init))
+            if _per_row(value):
+                rows.append((name, value))
+            elif not _unchanged(value, module._memories_rv[name]):
+                raise ValueError(
+                    f"{type(module).__name__} memory {name!r} is shared by the whole batch ({type(value).__name__} "
+                    f"{value!r:.40}), so samples cannot join it at their own first step; use refill=False"
+                )
+        return rows
 
     def membrane_of(self, module: nn.Module) -> Tensor | None:
         """``v`` after the last step; in multi-step mode ``v_seq`` ``[T, N, ...]`` when stored."""
@@ -224,3 +235,31 @@ class SpikingJellyBackend(Backend):
         """Version and kernel information for reports."""
         return {"version": self.version, "legacy_api": sj().legacy, "gpu_kernel": self.gpu_kernel,
                 "cuda": torch.cuda.is_available()}
+
+
+def _per_row(value: Any) -> bool:
+    """A memory with one row per sample: a tensor ``[N, ...]``."""
+    return isinstance(value, Tensor) and value.dim() >= 1
+
+
+def _unchanged(value: Any, init: Any) -> bool:
+    """A memory still at its reset value (never materialised)."""
+    if isinstance(value, Tensor) or isinstance(init, Tensor):
+        return isinstance(value, Tensor) and isinstance(init, Tensor) and value.shape == init.shape and bool(
+            torch.equal(value.cpu(), init.cpu()))
+    return value is init or value == init
+
+
+def _fresh_rows(module: nn.Module, name: str, value: Tensor, n: int) -> Tensor:
+    """``[n, ...]`` rows of ``value``'s shape at the memory's reset value."""
+    init = module._memories_rv[name]
+    shape = (n, *value.shape[1:])
+    if isinstance(init, Tensor) and init.dim() >= 1:
+        return init.to(value).expand(shape)
+    if init is None:  # created lazily by the module, as zeros (SpikingJelly's recurrent containers)
+        return value.new_zeros(shape)
+    if isinstance(init, (int, float, Tensor)) and not isinstance(init, bool):
+        return value.new_full(shape, float(init))
+    raise ValueError(f"{type(module).__name__} memory {name!r} resets to {type(init).__name__} {init!r:.40}, "
+                     "which has no per-sample rows: refill cannot start samples in it; use refill=False")
+

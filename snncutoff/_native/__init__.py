@@ -2,7 +2,7 @@
 
 ``pip install`` compiles ``top2.c`` when a C compiler is present (an optional
 extension: without one the install still succeeds). Every kernel has a pure-torch
-twin in :mod:`snncutoff.cutoff.functional` giving the same values, which is used when
+twin in :mod:`snncutoff.stats` giving the same values, which is used when
 the library was not built, for tensors that are not contiguous CPU float32 / float64,
 for small inputs, or when the environment sets ``SNNCUTOFF_NATIVE=0``.
 """
@@ -79,7 +79,7 @@ def force_level(level: int) -> None:
 def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(gap, argmax)`` of the last dimension, or None where the kernel does not apply.
 
-    Same values as :func:`snncutoff.cutoff.functional.top2_gap`; one read of the data,
+    Same values as :func:`snncutoff.stats.top2_gap`; one read of the data,
     rows split over ``torch.get_num_threads()`` threads. Outputs must be finite.
     """
     fn = _TOP2.get(outputs.dtype)

@@ -1,11 +1,28 @@
-"""``CutoffPolicy``: the scikit-learn-style shell shared by every cutoff rule.
+r"""``CutoffPolicy``: the scikit-learn-style shell shared by every cutoff rule.
 
-A policy turns cumulative outputs into a per-step score ``[T, N]`` and compares it
-with a per-step threshold ``[T]``; sample n exits at the first step whose score
-passes, and at step T at the latest. ``evaluate`` (a whole trace), ``exit_now`` (one
-step, on-line) and ``exit_block`` (a few steps run at once) call the same ``_scores``
-and ``_passes``, so they agree sample by sample. ``__init__`` only stores hyper-parameters; ``fit`` learns thresholds
-(attributes ending in ``_``).
+A policy turns cumulative outputs into a per-step score ``[T, N]`` and compares it with a
+per-step threshold ``[T]``; sample n exits at the first step whose score passes (``>``
+for a strict rule, ``>=`` otherwise; a NaN threshold never passes), and at step T at the
+latest. ``evaluate`` (a whole trace), ``exit_now`` (one step, on-line) and ``exit_block``
+(a few steps run at once) compare the same scores with the same thresholds, so they
+agree sample by sample.
+
+A subclass says what its score is and how its thresholds are set, nothing else:
+
+- ``param``: the hyper-parameter a sweep (and :class:`~snncutoff.RiskControl`) varies;
+- ``_scores(outputs, t0, states)``: ``[k, N, C]`` cumulative outputs of steps ``t0 ..`` ->
+  ``[k, N]`` scores (``_trace_scores(trace)``: the same for a whole trace, from its cached
+  statistics);
+- ``_thresholds(calibration, values, T)``: ``[E, T]`` thresholds for E values of ``param``
+  (the calibration trace is None for rules that learn nothing);
+- ``risk_grid(T)``: values of ``param`` from the most conservative to the most aggressive.
+
+Rules whose score looks back further than the current step (the argmax's run length)
+set ``state_size`` and keep a per-sample state ``[N, S]`` across on-line calls
+(``_state_init`` / ``_state_scan``).
+
+``__init__`` only stores hyper-parameters; ``fit`` learns ``thresholds_`` (a subclass
+names it too: ``TopKGap.beta_``, ``Conformal.quantile_``) and ``T_``.
 """
 
 from __future__ import annotations
@@ -19,13 +36,27 @@ import torch
 from torch import Tensor
 
 from ..result import CutoffResult
+from ..stats import first_exit
 from ..trace import Trace
 from ..validation import NotFittedError, check_min_classes
-from .functional import first_exit
+
+
+def fitted_view(doc: str) -> property:
+    """A public name for the fitted thresholds (``beta_ = fitted_view(...)``), readable and settable."""
+
+    def get(self: CutoffPolicy) -> Tensor:
+        if "thresholds_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} is not fitted: call fit(calibration_trace) first")
+        return self.thresholds_
+
+    def set_(self: CutoffPolicy, value: Tensor) -> None:
+        self.thresholds_ = value
+
+    return property(get, set_, doc=doc)
 
 
 class CutoffPolicy:
-    """Base class. Subclasses set ``param`` and implement ``_scores`` / ``_thresholds``."""
+    """Base class of every cutoff rule (see the module docstring for what a subclass implements)."""
 
     #: name of the hyper-parameter a sweep varies (``epsilon``, ``alpha``, ``step``)
     param: ClassVar[str]
@@ -38,42 +69,38 @@ class CutoffPolicy:
     #: the largest score the rule can produce: at a step whose threshold no score can pass
     #: (``+inf`` for a strict rule, or beyond this bound) on-line decisions skip the scores
     score_max: ClassVar[float] = math.inf
+    #: size S of the per-sample state ``[N, S]`` kept across on-line calls (0: none)
+    state_size: ClassVar[int] = 0
 
     # ------------------------------------------------------------ to implement
-    def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
-        """``[T', N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[T', N]`` scores.
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
+        """``[k, N, C]`` cumulative outputs of steps ``t0 ..`` -> ``[k, N]`` scores.
 
-        ``t0`` may be a ``[N]`` tensor: the first step of each row."""
+        ``t0`` may be a ``[N]`` tensor (each row's first step); ``states`` ``[k, N, S]`` are the
+        per-sample states after each step (stateful rules only)."""
         raise NotImplementedError
 
     def _trace_scores(self, trace: Trace) -> Tensor:
-        """``[T, N]`` scores of a whole trace (policies may cache them on the trace)."""
-        return self._scores(trace.outputs)
+        """``[T, N]`` scores of a whole trace (from its cached statistics where it has them)."""
+        states = self._state_scan(self._state_init(trace.N, trace.outputs.device), trace.outputs) \
+            if self.state_size else None
+        return self._scores(trace.outputs, 0, states)
 
-    def _thresholds(self, calibration: Trace | None, values: Sequence[Any], T: int) -> Tensor:
-        """``[E, T]`` thresholds for E values of ``param``."""
+    def _thresholds(self, calibration: Trace | None, values: Sequence[Any], T: int | None) -> Tensor:
+        """``[E, T]`` thresholds for E values of ``param`` (``T=None``, rules only: ``[E, 1]``, any step)."""
         raise NotImplementedError
 
-    def _fitted_thresholds(self) -> Tensor:
-        """``[T]`` thresholds learned by ``fit``."""
+    def risk_grid(self, T: int) -> list[Any]:
+        """Values of ``param`` from the most conservative to the most aggressive (risk control)."""
         raise NotImplementedError
 
-    def _set_fitted(self, thresholds: Tensor) -> None:
-        """Store the ``[T]`` thresholds under the policy's public ``*_`` name."""
+    def _state_init(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """``[n, S]`` float64 state of samples that have taken no step yet."""
         raise NotImplementedError
 
-    def _rule_threshold(self) -> Tensor:
-        """The step-independent threshold ``[1]`` of a rule that needs no fit (``exit_now`` unfitted)."""
-        return self._rule_thresholds(1)
-
-    def _rule_thresholds(self, T: int) -> Tensor:
-        """``[T]`` thresholds of a rule that learns nothing: built once per (parameter, T),
-        not at every on-line decision."""
-        key = (getattr(self, self.param), T)
-        cached = self.__dict__.get("_rule_cache")
-        if cached is None or cached[0] != key:
-            cached = self._rule_cache = (key, self._thresholds(None, [key[0]], T)[0])
-        return cached[1]
+    def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
+        """``[k, N, S]`` states after each of the k steps of ``outputs`` ``[k, N, C]``, from ``state``."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- shared
     def get_params(self) -> dict[str, Any]:
@@ -89,6 +116,14 @@ class CutoffPolicy:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def initial_state(self, n: int, device: torch.device | str | None = None) -> Tensor | None:
+        """The per-sample state ``[n, S]`` on-line decisions of a stateful rule start from (None if stateless).
+
+        Pass it to every :meth:`exit_now` / :meth:`exit_block` of the same samples (it is
+        updated in place) and keep its rows aligned with theirs (select the rows of samples
+        that leave; a sample that joins gets a fresh row)."""
+        return self._state_init(n, device) if self.state_size else None
+
     def _check_trace(self, trace: Trace) -> None:
         if not isinstance(trace, Trace):
             raise TypeError(f"expected a snncutoff.Trace, got {type(trace).__name__}")
@@ -96,20 +131,38 @@ class CutoffPolicy:
             check_min_classes(trace.C, type(self).__name__)
 
     def _is_fitted(self) -> bool:
-        return hasattr(self, "T_")
+        return "T_" in self.__dict__
+
+    def _rule_thresholds(self, T: int | None) -> Tensor:
+        """``[T]`` thresholds of a rule that learns nothing, built once per (parameter, T); ``T=None``:
+        ``[1]``, the one threshold of every step (on-line decisions of an unfitted rule)."""
+        key = (getattr(self, self.param), T)
+        cached = self.__dict__.get("_rule_cache")
+        if cached is None or cached[0] != key:
+            cached = self._rule_cache = (key, self._thresholds(None, [key[0]], T)[0])
+        return cached[1]
+
+    def _current_thresholds(self, T: int | None) -> Tensor:
+        """``[T]`` thresholds in force: the fitted ones, or those of the rule's current parameter."""
+        if self.needs_fit:
+            if not self._is_fitted():
+                raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before evaluate / "
+                                     "exit_now / exit_block")
+            return self.thresholds_
+        return self._rule_thresholds(T)
 
     def _thresholds_for(self, trace: Trace) -> Tensor:
         """``[T]`` thresholds to evaluate ``trace`` with (validating T against the fit)."""
         if self._is_fitted():
             if trace.T != self.T_:
-                raise ValueError(
-                    f"{self!r} was fitted on T = {self.T_} steps but the trace has T = {trace.T}; "
-                    "fit and evaluate on traces of the same length"
-                )
-            return self._fitted_thresholds()
-        if self.needs_fit:
-            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before evaluate / exit_now")
-        return self._thresholds(None, [getattr(self, self.param)], trace.T)[0]
+                raise ValueError(f"{self!r} was fitted on T = {self.T_} steps but the trace has T = {trace.T}; "
+                                 "fit and evaluate on traces of the same length")
+            self._check_classes(trace.C)
+        return self._current_thresholds(trace.T)
+
+    def _check_classes(self, C: int) -> None:
+        if self.needs_fit and self.__dict__.get("C_", C) != C:
+            raise ValueError(f"{self!r} was fitted on outputs of C = {self.C_} classes, these have C = {C}")
 
     def _silent(self, thresholds: Tensor, dtype: torch.dtype) -> list[bool] | None:
         """Per threshold: whether no score can pass it (compared in ``dtype``), or None when the
@@ -119,7 +172,7 @@ class CutoffPolicy:
         cached = self.__dict__.get("_silent_cache")
         if cached is None or cached[0] is not thresholds or cached[1] != dtype:
             t = thresholds.to(dtype)
-            flags = t >= self.score_max if self.strict else t > self.score_max
+            flags = (t >= self.score_max if self.strict else t > self.score_max) | t.isnan()
             cached = self._silent_cache = (thresholds, dtype, flags.reshape(-1).tolist())
         return cached[2]
 
@@ -130,11 +183,13 @@ class CutoffPolicy:
 
     # ------------------------------------------------------------ public API
     def fit(self, calibration: Trace) -> CutoffPolicy:
-        """Learn per-step thresholds from a calibration trace (training data); returns self."""
+        """Learn per-step thresholds from a calibration trace (held-out data); returns self."""
         self._check_trace(calibration)
-        thresholds = self._thresholds(calibration, [getattr(self, self.param)], calibration.T)[0]
-        self.T_ = calibration.T
-        self._set_fitted(thresholds)
+        if self.needs_fit:
+            self.thresholds_ = self._thresholds(calibration, [getattr(self, self.param)], calibration.T)[0]
+        else:
+            self._rule_thresholds(calibration.T)  # validates the parameter against T
+        self.T_, self.C_ = calibration.T, calibration.C
         return self
 
     def evaluate(self, trace: Trace) -> CutoffResult:
@@ -148,23 +203,24 @@ class CutoffPolicy:
         if not isinstance(outputs, Tensor) or outputs.dim() != dims:
             shape = tuple(outputs.shape) if isinstance(outputs, Tensor) else type(outputs).__name__
             raise ValueError(f"{what}, got {shape}")
+        if not outputs.is_floating_point():
+            raise TypeError(f"{what}: a floating-point tensor, got dtype {outputs.dtype}")
         if self.min_classes > 1:
             check_min_classes(outputs.shape[-1], type(self).__name__)
 
-    def _step_thresholds(self, lo: int, hi: int, t: int | Tensor) -> Tensor | None:
-        """Thresholds of steps ``t`` (all within ``[lo, hi]``); None for an unfitted rule."""
-        if self._is_fitted():
-            if lo < 0 or hi >= self.T_:
-                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t}")
-            return self._fitted_thresholds()
-        if self.needs_fit:
-            raise NotFittedError(f"{self!r} is not fitted: call fit(calibration_trace) before exit_now / exit_block")
-        if lo < 0:
-            raise ValueError(f"t must be >= 0, got {t}")
-        return None
+    def _check_state(self, state: Tensor | None, n: int) -> None:
+        if not self.state_size:
+            return
+        if state is None:
+            raise ValueError(f"{type(self).__name__} looks back over earlier steps: pass state= (start from "
+                             "policy.initial_state(N), pass the same tensor at every step; it is updated in place)")
+        if not isinstance(state, Tensor) or tuple(state.shape) != (n, self.state_size):
+            got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
+            raise ValueError(f"state must be the [N, S] = [{n}, {self.state_size}] tensor of "
+                             f"policy.initial_state(N), got {got}")
 
     @torch.no_grad()
-    def exit_block(self, t0: int | Tensor, outputs: Tensor) -> Tensor:
+    def exit_block(self, t0: int | Tensor, outputs: Tensor, state: Tensor | None = None) -> Tensor:
         """On-line decisions after steps ``t0 .. t0 + k - 1`` (0-based) from cumulative outputs ``[k, N, C]``.
 
         ``t0`` is one step for the whole batch, or a ``[N]`` integer tensor giving each
@@ -172,9 +228,12 @@ class CutoffPolicy:
         Returns ``[k, N]`` bool; row j is exactly ``exit_now(t0 + j, outputs[j])`` (one
         call for a block of steps run at once). A fitted policy also returns True at its
         last step ``T_ - 1`` (the forced exit); an unfitted rule leaves that to the caller.
+        ``state``: the per-sample state of a stateful rule (:meth:`initial_state`), updated
+        in place to the state after the block.
         """
         self._check_step_outputs(outputs, 3, "outputs must be the cumulative outputs [k, N, C] of k steps")
         k, n = outputs.shape[:2]
+        self._check_state(state, n)
         per_row = isinstance(t0, Tensor)
         if per_row:
             t0 = t0.to(device=outputs.device, dtype=torch.long)
@@ -182,20 +241,32 @@ class CutoffPolicy:
                 raise ValueError(f"t must be an int or a [N] = [{n}] tensor, got {tuple(t0.shape)}")
             lo, hi = (int(t0.min()), int(t0.max()) + k - 1) if n else (0, 0)
         else:
+            if isinstance(t0, bool) or not isinstance(t0, int):
+                raise TypeError(f"t must be an int or a [N] integer tensor, got {type(t0).__name__}")
             lo, hi = t0, t0 + k - 1
-        thresholds = self._step_thresholds(lo, hi, t0)  # [T] when fitted
-        fitted = thresholds is not None
-        if not fitted:
-            thresholds, lo, hi = self._rule_threshold(), 0, 0
-        steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
+        if lo < 0:
+            raise ValueError(f"t must be >= 0, got {t0}")
+        fitted = self._is_fitted()
+        if fitted:
+            if hi >= self.T_:
+                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t0}")
+            self._check_classes(outputs.shape[-1])
+        thresholds = self._current_thresholds(self.T_ if fitted else None)
+        if not fitted:  # a rule that learns nothing: one threshold for every step
+            lo = hi = 0
+        states = None
+        if self.state_size:
+            states = self._state_scan(state, outputs)
+            state.copy_(states[-1])
         silent = self._silent(thresholds, outputs.dtype)
+        steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
         if silent is not None and all(silent[lo : hi + 1]):  # no score can pass: nothing to compute
             decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
         else:
+            thresholds = thresholds.to(outputs.device)
             if fitted:
-                thresholds = thresholds.to(outputs.device)
                 thresholds = thresholds[steps] if per_row else thresholds[t0 : t0 + k].view(-1, 1)
-            decision = self._passes(self._scores(outputs, t0), thresholds)
+            decision = self._passes(self._scores(outputs, t0, states), thresholds)
         if fitted:  # the forced exit at the last step
             if per_row:
                 return decision | (steps == self.T_ - 1)
@@ -204,16 +275,17 @@ class CutoffPolicy:
         return decision
 
     @torch.no_grad()
-    def exit_now(self, t: int | Tensor, outputs_t: Tensor) -> Tensor:
+    def exit_now(self, t: int | Tensor, outputs_t: Tensor, state: Tensor | None = None) -> Tensor:
         """On-line decision after step ``t`` (0-based) from cumulative outputs ``[N, C]``.
 
         ``t`` is one step for the whole batch, or a ``[N]`` integer tensor giving each
         row its own step (streams whose samples started at different times).
         Returns ``[N]`` bool. A fitted policy also returns True at its last step
         ``T_ - 1`` (the forced exit); an unfitted rule-based one leaves that to the caller.
+        ``state``: as in :meth:`exit_block`.
         """
         self._check_step_outputs(outputs_t, 2, "outputs_t must be the cumulative outputs [N, C] of one step")
-        return self.exit_block(t, outputs_t.unsqueeze(0))[0]
+        return self.exit_block(t, outputs_t.unsqueeze(0), state)[0]
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
         """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""
@@ -227,14 +299,25 @@ class CutoffPolicy:
             if calibration is None:
                 raise ValueError(f"{type(self).__name__} learns from a calibration trace; pass calibration=")
             self._check_trace(calibration)
-            if calibration.T != test.T:
-                raise ValueError(f"calibration has T = {calibration.T} but test has T = {test.T}")
+            check_same_shape(calibration, test)
+        return [CutoffResult.from_exit_steps(test, e, repr(v))
+                for v, e in zip(variants, self._sweep_exits(calibration, test, values))]
+
+    def _sweep_exits(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> Tensor:
+        """``[E, N]`` exit steps on ``test`` for E values of ``param`` (thresholds from ``calibration``)."""
         thresholds = self._thresholds(calibration, values, test.T)  # [E, T]
         scores = self._trace_scores(test)  # computed once for all values
-        exits = torch.cat([  # [E, N], a few values at a time to bound memory
+        return torch.cat([  # a few values at a time to bound memory
             first_exit(self._passes(scores, thr.unsqueeze(-1))) for thr in thresholds.split(8)
         ])
-        return [CutoffResult.from_exit_steps(test, e, repr(v)) for v, e in zip(variants, exits)]
+
+
+def check_same_shape(calibration: Trace, test: Trace) -> None:
+    """A calibration trace and the trace it is applied to have the same T and C."""
+    if calibration.T != test.T:
+        raise ValueError(f"calibration has T = {calibration.T} but test has T = {test.T}")
+    if calibration.C != test.C:
+        raise ValueError(f"calibration has C = {calibration.C} classes but test has C = {test.C}")
 
 
 def sweep(

@@ -3,7 +3,8 @@ r"""``Confidence``: exit once the softmax of the cumulative output is confident 
 .. math::  \text{exit at the first } t \text{ with } \max_c \operatorname{softmax}(O_t)_c > 1 - \epsilon
 
 computed in the outputs' dtype (float32 for traces collected by snncutoff) with a strict
-comparison, as the SNNCutoff code does; nothing is learned from calibration data.
+comparison, as the SNNCutoff code (and SEENN-I) does; nothing is learned from
+calibration data.
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..stats import max_softmax
 from ..trace import Trace
 from ..validation import check_unit_interval
 from .base import CutoffPolicy
-from .functional import max_softmax
+
+#: epsilons risk control tries, from the most conservative on (log-spaced)
+EPSILON_GRID = tuple(float(f"{10 ** (-7 + i / 4):.3g}") for i in range(26)) + (0.5,)
+
+
+def level_thresholds(values: Sequence[float], T: int | None, name: str = "epsilon") -> Tensor:
+    """``[E, T]`` float64 thresholds ``1 - value`` (rounded to the scores' dtype when compared)."""
+    levels = [1.0 - check_unit_interval(name, v) for v in values]
+    return torch.tensor(levels, dtype=torch.float64).view(-1, 1).expand(-1, T or 1)
 
 
 class Confidence(CutoffPolicy):
@@ -34,19 +44,14 @@ class Confidence(CutoffPolicy):
     def __init__(self, epsilon: float = 0.0) -> None:
         self.epsilon = check_unit_interval("epsilon", epsilon)
 
-    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         return max_softmax(outputs)
 
     def _trace_scores(self, trace: Trace) -> Tensor:
-        return trace.cached("max_softmax", lambda: max_softmax(trace.outputs))
+        return trace.max_softmax()
 
-    def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
-        levels = [1.0 - check_unit_interval("epsilon", v) for v in values]
-        # float64 here; rounded to the scores' dtype when compared (see CutoffPolicy._passes)
-        return torch.tensor(levels, dtype=torch.float64).view(-1, 1).expand(-1, T)
+    def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int | None) -> Tensor:
+        return level_thresholds(values, T)
 
-    def _fitted_thresholds(self) -> Tensor:
-        return self._rule_thresholds(self.T_)
-
-    def _set_fitted(self, thresholds: Tensor) -> None:
-        pass  # nothing is learned; fit only records T_
+    def risk_grid(self, T: int) -> list[float]:
+        return list(EPSILON_GRID)

@@ -19,10 +19,14 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ..stats import kth_nonconformity, nonconformity
 from ..trace import Trace
 from ..validation import check_choice, check_positive_int, check_unit_interval
-from .base import CutoffPolicy
-from .functional import conformal_thresholds, kth_nonconformity, nonconformity
+from .base import CutoffPolicy, fitted_view
+from .functional import conformal_thresholds
+
+#: alphas risk control tries, from the most conservative on
+ALPHA_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
 class Conformal(CutoffPolicy):
@@ -41,6 +45,7 @@ class Conformal(CutoffPolicy):
 
     param = "alpha"
     strict = False  # exit when the (k+1)-th smallest score >= q_t
+    quantile_ = fitted_view("``[T]`` nonconformity thresholds learned by ``fit`` (``+inf``: every label).")
 
     def __init__(
         self, alpha: float = 0.1, max_set_size: int = 1, quantile: str = "split", correction: str = "none"
@@ -50,8 +55,11 @@ class Conformal(CutoffPolicy):
         self.quantile = check_choice("quantile", quantile, ("split", "snncutoff"))
         self.correction = check_choice("correction", correction, ("none", "bonferroni"))
 
-    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         return kth_nonconformity(outputs, self.max_set_size + 1)
+
+    def _trace_scores(self, trace: Trace) -> Tensor:
+        return trace.kth_nonconformity(self.max_set_size + 1)
 
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
         alphas = [check_unit_interval("alpha", v) for v in values]
@@ -60,8 +68,5 @@ class Conformal(CutoffPolicy):
         scores = nonconformity(calibration.outputs, calibration.labels)
         return conformal_thresholds(scores, alphas, self.quantile)
 
-    def _fitted_thresholds(self) -> Tensor:
-        return self.quantile_
-
-    def _set_fitted(self, thresholds: Tensor) -> None:
-        self.quantile_ = thresholds
+    def risk_grid(self, T: int) -> list[float]:
+        return list(ALPHA_GRID)

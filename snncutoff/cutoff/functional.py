@@ -1,19 +1,11 @@
-r"""The pure tensor functions behind every cutoff policy.
+r"""Threshold searches of the cutoff policies, from calibration statistics.
 
-Each policy reduces to three steps, and each step is a function here:
-
-1. a **score** per step and sample from the cumulative outputs, ``[T, N, C] -> [T, N]``
-   (``top2_gap``, ``max_softmax``, ``kth_nonconformity``);
-2. a **threshold** per step learned on a calibration trace, ``[T]`` (or ``[E, T]`` for E
-   values of epsilon / alpha at once: ``exact_gap_thresholds``, ``grid_gap_thresholds``,
-   ``conformal_thresholds``);
-3. the **first exit**: sample n stops at the first step whose score passes the
-   threshold, and at step T at the latest (``first_exit``).
-
-Post-hoc ``evaluate`` applies steps 1 and 3 to a whole trace; streaming ``exit_now`` /
-``exit_block`` apply the same comparison to one step or a few, so all give the same exit
-steps.
-No function here loops in Python over samples or thresholds.
+Each policy compares a per-step score (:mod:`snncutoff.stats`) with a per-step threshold
+``[T]`` learned on a calibration trace; these functions learn thresholds for E values of
+epsilon / alpha at once (``[E, T]``): :func:`exact_gap_thresholds` (the exact search over
+observed scores), :func:`grid_gap_thresholds` (SNNCutoff's grid, bit for bit) and
+:func:`conformal_thresholds` (SpikeCP's per-step quantiles). No function here loops in
+Python over samples or thresholds.
 """
 
 from __future__ import annotations
@@ -24,140 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-
-_CHUNK_ROWS = 8192  # rows of [*, C] processed at once: keeps temporaries in cache
-_BUFFER_ROWS = 32768  # rows of the reused buffer of top2_gap
-
-
-def _rowwise(outputs: Tensor, fn, n_out: int) -> tuple[Tensor, ...]:
-    """Apply ``fn([rows, C]) -> n_out tensors [rows]`` over ``outputs[..., C]`` in chunks."""
-    flat = outputs.reshape(-1, outputs.shape[-1])
-    if 0 < flat.shape[0] <= _CHUNK_ROWS:  # one step of a batch (streaming): no copies
-        return tuple(p.reshape(outputs.shape[:-1]) for p in fn(flat))
-    outs = None
-    for start in range(0, flat.shape[0], _CHUNK_ROWS):
-        parts = fn(flat[start : start + _CHUNK_ROWS])
-        if outs is None:
-            outs = [torch.empty(flat.shape[0], dtype=p.dtype, device=p.device) for p in parts]
-        for o, p in zip(outs, parts):
-            o[start : start + p.shape[0]] = p
-    if outs is None:  # no rows at all
-        outs = [torch.empty(0, device=outputs.device) for _ in range(n_out)]
-    return tuple(o.reshape(outputs.shape[:-1]) for o in outs)
-
-
-def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Top-1 minus top-2 of the last dimension, and the argmax.
-
-    ``gap = O[..., c1] - O[..., c2]`` with :math:`c_1` the argmax (first index on ties)
-    and :math:`c_2` the largest of the others; a tie for the maximum gives 0. The values
-    equal ``torch.topk(O, 2)`` differences bit for bit, at about a third of the cost: one
-    max-with-index pass, then, on a reused cache-sized buffer, the maximum with the top
-    entry masked out (no full-size temporary is allocated).
-    Policies reading a whole (validated, finite) trace use the one-pass C kernel of
-    :mod:`snncutoff._native` instead where it was built: the same values.
-
-    Args:
-        outputs: ``[..., C]`` with ``C >= 2``.
-    Returns:
-        ``(gap, argmax)``, both ``[...]``.
-    """
-    C = outputs.shape[-1]
-    flat = outputs.reshape(-1, C)
-    M = flat.shape[0]
-    gap = torch.empty(M, dtype=outputs.dtype, device=outputs.device)
-    idx = torch.empty(M, dtype=torch.long, device=outputs.device)
-    buf = torch.empty(min(M, _BUFFER_ROWS), C, dtype=outputs.dtype, device=outputs.device)
-    for start in range(0, M, _BUFFER_ROWS):
-        chunk = flat[start : start + _BUFFER_ROWS]
-        n = chunk.shape[0]
-        top1, i = chunk.max(dim=-1)
-        rest = buf[:n]
-        rest.copy_(chunk)
-        rest.scatter_(-1, i.unsqueeze(-1), float("-inf"))
-        torch.sub(top1, rest.amax(dim=-1), out=gap[start : start + n])
-        idx[start : start + n] = i
-    return gap.reshape(outputs.shape[:-1]), idx.reshape(outputs.shape[:-1])
-
-
-def max_softmax(outputs: Tensor) -> Tensor:
-    """``max_c softmax(O)[..., c]`` computed as ``O.softmax(-1).amax(-1)`` (``[..., C] -> [...]``)."""
-    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).amax(dim=-1),), 1)[0]
-
-
-def softmax_argmax(outputs: Tensor) -> Tensor:
-    """``argmax`` of ``softmax(O)`` (it differs from argmax of O only where softmax rounds to a tie)."""
-    return _rowwise(outputs, lambda c: (c.softmax(dim=-1).argmax(dim=-1),), 1)[0]
-
-
-def nonconformity(outputs: Tensor, labels: Tensor) -> Tensor:
-    r"""SpikeCP score of the true label, :math:`-\log(\mathrm{softmax}(O)_y + 10^{-5})`.
-
-    Args:
-        outputs: ``[T, N, C]``; labels: ``[N]``.
-    Returns:
-        ``[T, N]`` float.
-    """
-    T = outputs.shape[0]
-    lab = labels.reshape(1, -1).expand(T, -1).reshape(-1)
-    flat = outputs.reshape(-1, outputs.shape[-1])
-    out = torch.empty(flat.shape[0], dtype=outputs.dtype, device=outputs.device)
-    for s in range(0, flat.shape[0], _CHUNK_ROWS):
-        p = flat[s : s + _CHUNK_ROWS].softmax(dim=-1)
-        out[s : s + p.shape[0]] = -torch.log(p.gather(-1, lab[s : s + p.shape[0], None])[:, 0] + 1e-5)
-    return out.reshape(outputs.shape[:-1])
-
-
-def kth_nonconformity(outputs: Tensor, k: int) -> Tensor:
-    r"""The ``k``-th smallest of :math:`-\log(\mathrm{softmax}(O)_c + 10^{-5})` over c.
-
-    The SpikeCP prediction set at threshold q is :math:`\{c : s_c < q\}`; it holds at most
-    ``k - 1`` labels exactly when this score is ``>= q``. ``k > C`` gives ``+inf`` (a set
-    never exceeds C labels).
-
-    Args:
-        outputs: ``[..., C]``; k: ``>= 1``.
-    Returns:
-        ``[...]`` float.
-    """
-    C = outputs.shape[-1]
-    if k > C:
-        return torch.full(outputs.shape[:-1], math.inf, dtype=outputs.dtype, device=outputs.device)
-
-    def fn(c: Tensor) -> tuple[Tensor]:
-        nc = -(c.softmax(dim=-1) + 1e-5).log()
-        return (torch.topk(nc, k, dim=-1, largest=False).values[:, -1],)
-
-    return _rowwise(outputs, fn, 1)[0]
-
-
-def stable_correct(correct: Tensor) -> Tensor:
-    """``[T, N]`` bool: correct at step t and at every later step (no forcing at T)."""
-    return correct.flip(0).to(torch.uint8).cummin(dim=0).values.flip(0).bool()
-
-
-def optimal_cutoff_steps(correct: Tensor) -> Tensor:
-    """OCT ``[N]`` (1-based): earliest t correct at t and every later step; T if wrong at T.
-
-    That is one step after the last wrong one (``[T, N]`` bool in), found as a vertical
-    maximum of ``wrong[t] * (t + 1)``."""
-    T = correct.shape[0]
-    dtype = torch.uint8 if T < 255 else torch.int32
-    step = torch.arange(1, T + 1, dtype=dtype, device=correct.device).view(-1, 1)
-    last_wrong = ((~correct).to(dtype) * step).amax(dim=0).long()  # 0: never wrong
-    return (last_wrong + 1).clamp_(max=T)
-
-
-def first_exit(exit_mask: Tensor) -> Tensor:
-    """1-based first step where ``exit_mask`` ``[..., T, N]`` is True, T if never (forced exit).
-
-    Computed as ``T + 1 - max_t(mask[t] * (T - t))``: a vertical maximum, which torch
-    vectorises, unlike an argmax over a middle dimension."""
-    T = exit_mask.shape[-2]
-    dtype = torch.uint8 if T < 256 else torch.int32
-    weight = torch.arange(T, 0, -1, dtype=dtype, device=exit_mask.device).view(-1, 1)  # T - t
-    last = (exit_mask.to(dtype) * weight).amax(dim=-2).clamp_(min=1)  # 1: the forced exit at T
-    return T + 1 - last.long()
 
 
 # ---------------------------------------------------------------- thresholds

@@ -37,25 +37,19 @@ class Timestep(CutoffPolicy):
     def __init__(self, step: int) -> None:
         self.step = check_positive_int("step", step)
 
-    def _scores(self, outputs: Tensor, t0: int | Tensor = 0) -> Tensor:
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         T, N = outputs.shape[:2]
         offset = torch.arange(1, T + 1, device=outputs.device).view(-1, 1)
         if isinstance(t0, Tensor):  # each row from its own first step
             return (t0.to(outputs.device).view(1, -1) + offset).to(torch.float32)
         return (offset + t0).to(torch.float32).expand(T, N)
 
-    def _thresholds(self, calibration: Trace | None, values: Sequence[int], T: int) -> Tensor:
+    def _thresholds(self, calibration: Trace | None, values: Sequence[int], T: int | None) -> Tensor:
         for v in values:
             check_positive_int("step", v)
-            if v > T:
+            if T is not None and v > T:
                 raise ValueError(f"step must be <= T = {T}, got {v}")
-        return torch.tensor(values, dtype=torch.float32).view(-1, 1).expand(-1, T)
+        return torch.tensor([float(v) for v in values], dtype=torch.float32).view(-1, 1).expand(-1, T or 1)
 
-    def _rule_threshold(self) -> Tensor:
-        return torch.tensor(float(self.step))
-
-    def _fitted_thresholds(self) -> Tensor:
-        return self._rule_thresholds(self.T_)
-
-    def _set_fitted(self, thresholds: Tensor) -> None:
-        pass  # nothing is learned; fit only records T_
+    def risk_grid(self, T: int) -> list[int]:
+        return list(range(T, 0, -1))

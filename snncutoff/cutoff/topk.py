@@ -3,10 +3,10 @@ r"""``TopKGap``: the SNNCutoff paper's policy — exit once the top-1 / top-2 ga
 Score: :math:`g_{t,n} = O_{t,n,c_1} - O_{t,n,c_2}` (largest minus second largest
 cumulative output). Exit at the first t with :math:`g_{t,n} > \beta_t` (strict).
 
-Calibration on a trace of training data: for each step t, :math:`\beta_t` is the
-smallest threshold such that, among calibration samples with :math:`g_t > \beta_t`,
-the share already stably correct (OCT :math:`\le t + 1`) is at least
-:math:`1 - \epsilon` (DESIGN.md, "Meaning of the numbers"). Two searches:
+Calibration on a held-out trace: for each step t, :math:`\beta_t` is the smallest
+threshold such that, among calibration samples with :math:`g_t > \beta_t`, the share
+already stably correct (OCT :math:`\le t + 1`) is at least :math:`1 - \epsilon`
+(DESIGN.md, "Meaning of the numbers"). Two searches:
 
 - ``search="exact"`` (default): over the observed gaps, all at once (sort +
   cumulative counts). A step where no observed gap meets the constraint gets
@@ -23,33 +23,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .. import _native
+from ..stats import stable_correct, top2_gap
 from ..trace import Trace
 from ..validation import check_choice, check_positive_int, check_unit_interval
-from .base import CutoffPolicy
-from .functional import (
-    exact_gap_thresholds,
-    grid_gap_thresholds,
-    optimal_cutoff_steps,
-    softmax_argmax,
-    stable_correct,
-    top2_gap,
-)
+from .base import CutoffPolicy, fitted_view
+from .functional import exact_gap_thresholds, grid_gap_thresholds
+
+#: epsilons risk control tries, from the most conservative on
+EPSILON_GRID = (0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                0.15, 0.2, 0.3, 0.5)
 
 
-def _trace_top2(trace: Trace) -> tuple[Tensor, Tensor]:
-    """``(gap, argmax)`` ``[T, N]`` of a trace, computed once and kept with it.
-
-    A trace's outputs are validated finite, so the compiled one-pass kernel applies
-    where it was built (same values as :func:`top2_gap`)."""
-
-    def compute() -> tuple[Tensor, Tensor]:
-        native = _native.top2_gap(trace.outputs)
-        return native if native is not None else top2_gap(trace.outputs)
-
-    gap, argmax = trace.cached("top2_gap", compute)
-    trace.cached("predictions", lambda: argmax)  # the same argmax, for free
-    return gap, argmax
+def exact_thresholds(scores: Tensor, calibration: Trace, epsilons: Sequence[float]) -> Tensor:
+    """``[E, T]`` smallest per-step score thresholds whose exits are stably correct for a share ``1 - eps``."""
+    steps = torch.arange(1, calibration.T + 1, device=scores.device).view(-1, 1)
+    return exact_gap_thresholds(scores, steps >= calibration.oct_steps(), epsilons)
 
 
 class TopKGap(CutoffPolicy):
@@ -71,30 +59,25 @@ class TopKGap(CutoffPolicy):
     """
 
     param = "epsilon"
+    beta_ = fitted_view("``[T]`` gap thresholds learned by ``fit`` (``+inf``: no exit at that step).")
 
     def __init__(self, epsilon: float = 0.0, search: str = "exact", bins: int = 100) -> None:
         self.epsilon = check_unit_interval("epsilon", epsilon)
         self.search = check_choice("search", search, ("exact", "grid"))
         self.bins = check_positive_int("bins", bins)
 
-    def _scores(self, outputs: Tensor, t0: int = 0) -> Tensor:
+    def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         return top2_gap(outputs)[0]
 
     def _trace_scores(self, trace: Trace) -> Tensor:
-        return _trace_top2(trace)[0]
+        return trace.gaps()
 
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int) -> Tensor:
         epsilons = [check_unit_interval("epsilon", v) for v in values]
-        gaps, argmax = _trace_top2(calibration)
         if self.search == "exact":
-            oct_steps = optimal_cutoff_steps(argmax == calibration.labels)  # [N], 1-based
-            steps = torch.arange(1, T + 1, device=gaps.device).view(-1, 1)
-            return exact_gap_thresholds(gaps, steps >= oct_steps, epsilons)
-        settled = stable_correct(softmax_argmax(calibration.outputs) == calibration.labels)
-        return grid_gap_thresholds(gaps, settled, epsilons, self.bins)
+            return exact_thresholds(calibration.gaps(), calibration, epsilons)
+        settled = stable_correct(calibration.softmax_argmax() == calibration.labels)
+        return grid_gap_thresholds(calibration.gaps(), settled, epsilons, self.bins)
 
-    def _fitted_thresholds(self) -> Tensor:
-        return self.beta_
-
-    def _set_fitted(self, thresholds: Tensor) -> None:
-        self.beta_ = thresholds
+    def risk_grid(self, T: int) -> list[float]:
+        return list(EPSILON_GRID)
