@@ -5,7 +5,8 @@ The core is backend-agnostic (torch and numpy only):
 - :class:`Trace` — cumulative outputs ``[T, N, C]`` of an SNN on labelled data;
 - :func:`optimal_cutoff` — the oracle Optimal Cutoff Timestep (OCT) per sample;
 - :mod:`snncutoff.cutoff` — run-time policies (``Timestep``, ``TopKGap``,
-  ``Confidence``, ``Conformal``) with ``fit`` / ``evaluate`` / ``exit_now``;
+  ``Confidence``, ``Entropy``, ``Conformal``, ``Stability``, ``LearnedExit``) with
+  ``fit`` / ``evaluate`` / ``exit_now``, and ``RiskControl``, which certifies any of them;
 - :func:`sweep` — many epsilons or alphas from the same traces.
 
 Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.backends`;
@@ -15,7 +16,19 @@ Framework adapters (SpikingJelly, snnTorch) are found through :mod:`snncutoff.ba
 from . import backends, constraints
 from .collect import collect_trace, encode
 from .convert import ConversionError
-from .cutoff import Confidence, Conformal, CutoffPolicy, Timestep, TopKGap, sweep
+from .cutoff import (
+    Confidence,
+    Conformal,
+    CutoffPolicy,
+    Entropy,
+    LearnedExit,
+    NotCertifiedWarning,
+    RiskControl,
+    Stability,
+    Timestep,
+    TopKGap,
+    sweep,
+)
 from .early_exit import ExitEvent, early_exit, early_exit_loader, stream_early_exit
 from .oct import optimal_cutoff
 from .result import CutoffResult
@@ -40,6 +53,11 @@ __all__ = [
     "Confidence",
     "Conformal",
     "CutoffPolicy",
+    "Entropy",
+    "LearnedExit",
+    "NotCertifiedWarning",
+    "RiskControl",
+    "Stability",
     "CutoffResult",
     "NotFittedError",
     "Timestep",

@@ -207,22 +207,30 @@ class Backend:
         """``[(name, module)]`` of the framework's spiking neurons in ``net``, in order."""
         return [(n, m) for n, m in net.named_modules() if self.is_spiking(m)]
 
-    def reset(self, net: nn.Module) -> None:
-        """Reset every stateful module of ``net`` (this network only; nothing global)."""
-        for m in self.stateful_modules(net):
+    def reset(self, net: nn.Module, modules: list[nn.Module] | None = None) -> None:
+        """Reset every stateful module of ``net`` (this network only; nothing global).
+
+        ``modules``: the network's :meth:`stateful_modules`, when the caller keeps them
+        (the same holds for :meth:`select`, :meth:`admit` and :meth:`reset_rows`)."""
+        for m in self.stateful_modules(net) if modules is None else modules:
             self.reset_module(m)
 
-    def select(self, net: nn.Module, keep: Tensor) -> None:
+    def select(self, net: nn.Module, keep: Tensor, modules: list[nn.Module] | None = None) -> None:
         """Keep only batch rows ``keep`` (``[K]`` indices or ``[N]`` bool) of every neuron state."""
         if keep.dtype == torch.bool:
             keep = keep.nonzero().flatten()
-        for m in self.stateful_modules(net):
+        for m in self.stateful_modules(net) if modules is None else modules:
             self.select_module(m, keep)
 
-    def admit(self, net: nn.Module, n: int) -> None:
+    def admit(self, net: nn.Module, n: int, modules: list[nn.Module] | None = None) -> None:
         """Append ``n`` fresh samples (initial state) after the current batch rows of every neuron."""
-        for m in self.stateful_modules(net):
+        for m in self.stateful_modules(net) if modules is None else modules:
             self.admit_module(m, n)
+
+    def reset_rows(self, net: nn.Module, rows: Tensor, n: int, modules: list[nn.Module] | None = None) -> None:
+        """Put batch rows ``rows`` (of ``n``) of every neuron state back in the initial state."""
+        for m in self.stateful_modules(net) if modules is None else modules:
+            self.reset_rows_module(m, rows, n)
 
     def _readout(self, net: nn.Module, out: Any, readout: Readout) -> Tensor:
         if callable(readout):

@@ -117,6 +117,18 @@ class Trace:
             dict(traces[0].meta),
         )
 
+    def subset(self, index: Tensor) -> Trace:
+        """The samples ``index`` (``[K]`` indices or an ``[N]`` bool mask), in that order, with their ops and meta."""
+        if not isinstance(index, Tensor) or index.dim() != 1:
+            raise TypeError("index must be a 1-D tensor of sample indices or an [N] bool mask")
+        if index.dtype == torch.bool:
+            if index.shape[0] != self.N:
+                raise ValueError(f"a bool mask must have shape [N] = [{self.N}], got {tuple(index.shape)}")
+            index = index.nonzero().flatten()
+        index = index.to(self.outputs.device)
+        ops = None if self.ops is None else self.ops[:, index.to(self.ops.device)]
+        return Trace(self.outputs[:, index], self.labels[index], ops, dict(self.meta))
+
     # ------------------------------------------------------------------ sizes
     @property
     def T(self) -> int:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import snncutoff as sc
-from snncutoff import Confidence, Conformal, Timestep, TopKGap
+from snncutoff import Confidence, Conformal, Entropy, LearnedExit, RiskControl, Stability, Timestep, TopKGap
 from snncutoff.backends import Backend
 
 from .helpers import (
@@ -22,7 +22,9 @@ from .helpers import (
 
 def _policies(cal):
     return [TopKGap(0.0).fit(cal), TopKGap(0.05).fit(cal), TopKGap(0.02, search="grid").fit(cal),
-            Confidence(0.1), Conformal(0.1).fit(cal), Conformal(0.2, quantile="snncutoff").fit(cal), Timestep(3)]
+            Confidence(0.1), Conformal(0.1).fit(cal), Conformal(0.2, quantile="snncutoff").fit(cal), Timestep(3),
+            Entropy(0.3), Stability(2, min_gap=0.5), LearnedExit(0.05).fit(cal)] + (
+            [RiskControl(LearnedExit(), max_loss=0.2, delta=0.5).fit(cal, fit_on=cal)] if cal.N >= 8 else [])
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -1,16 +1,29 @@
 """Cutoff policies: decide, per sample and step, whether an SNN may stop.
 
-``Timestep``, ``TopKGap``, ``Confidence``, ``Conformal`` share one interface
-(:class:`CutoffPolicy`): ``fit(calibration_trace)``, ``evaluate(trace)``,
-``exit_now(t, outputs_t)`` / ``exit_block(t0, outputs)`` (on-line); :func:`sweep` evaluates
-many epsilons / alphas from traces.
-The tensor maths lives in :mod:`snncutoff.cutoff.functional`.
+Every rule shares one interface (:class:`CutoffPolicy`): ``fit(calibration_trace)``,
+``evaluate(trace)``, ``exit_now(t, outputs_t)`` / ``exit_block(t0, outputs)`` (on-line);
+:func:`sweep` evaluates many values of its parameter from traces.
+
+- ``Timestep``: a fixed step; ``TopKGap``: the SNNCutoff paper's top-1 / top-2 gap;
+  ``Confidence``: SEENN's max softmax; ``Entropy``: DT-SNN's normalised entropy;
+  ``Conformal``: SpikeCP's prediction sets; ``Stability``: the argmax unchanged for k steps;
+  ``LearnedExit``: a logistic model of the output's history;
+- ``RiskControl``: wraps any of them and certifies, with Learn then Test, that the loss on
+  new data exceeds ``max_loss`` with probability at most ``delta``.
+
+The threshold searches live in :mod:`snncutoff.cutoff.functional`, the statistics they
+read in :mod:`snncutoff.stats`.
 """
 
 from .base import CutoffPolicy, sweep
 from .confidence import Confidence
 from .conformal import Conformal
+from .entropy import Entropy
+from .learned import LearnedExit
+from .risk import NotCertifiedWarning, RiskControl
+from .stability import Stability
 from .timestep import Timestep
 from .topk import TopKGap
 
-__all__ = ["Confidence", "Conformal", "CutoffPolicy", "Timestep", "TopKGap", "sweep"]
+__all__ = ["Confidence", "Conformal", "CutoffPolicy", "Entropy", "LearnedExit", "NotCertifiedWarning",
+           "RiskControl", "Stability", "Timestep", "TopKGap", "sweep"]
