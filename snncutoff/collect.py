@@ -49,6 +49,19 @@ def encode(x: Tensor, T: int, encoder: Encoder = "direct") -> Tensor:
     raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
 
 
+def _shape_advice(out: Tensor, T: int, whole: bool, name: str) -> str:
+    """Why per-step outputs are not ``[T, N, C]``, and what to do."""
+    got = f"the network's per-step outputs must be [T, N, C] = [{T}, N, C], got {list(out.shape)}"
+    if whole and out.dim() == 2:
+        return (f"{got}: {name} was run on whole sequences (multistep) and returned one [N, C] per sequence, "
+                "probably an average over time (a firing rate). Pass the module that returns every step "
+                "(e.g. its inner nn.Sequential), or a network stepped one step at a time (multistep=False)")
+    if whole:
+        return f"{got}; check T, the encoder and the readout (multistep: the network returns every step itself)"
+    return (f"{got}; check T, the encoder and the readout, or pass multistep=True (and encoder='none' if it "
+            "encodes itself) for a network whose forward loops over time")
+
+
 def _split(batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
@@ -95,6 +108,10 @@ def collect_trace(
     backend = resolve(backend)
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    if not callable(encoder) and encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
+    backend.check_network(net)
+    whole = multistep if multistep is not None else backend.is_multistep(net)
     if device is not None:
         net = net.to(device)
     was_training = net.training
@@ -111,27 +128,30 @@ def collect_trace(
             backend.reset(net)
             try:
                 if count_ops:
-                    with backend.record(net, multistep=multistep, T=T) as rec:
-                        out = backend.run(net, x_seq, readout, multistep)
+                    with backend.record(net, multistep=whole, T=T) as rec:
+                        out = backend.run(net, x_seq, readout, whole)
                 else:
-                    out = backend.run(net, x_seq, readout, multistep)
-            except (RuntimeError, ValueError) as exc:  # torch reports shape errors as either
+                    out = backend.run(net, x_seq, readout, whole)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # torch's shape errors vary
+                hint = ""
+                if whole:
+                    hint = (" A network run on whole sequences gets [T, N, ...] per call: a forward that flattens "
+                            "with x.view(x.size(0), -1) or torch.flatten(x, 1) treats T as the batch (use "
+                            "nn.Flatten modules, or convert with step_mode='s').")
                 raise ValueError(
                     f"running {type(net).__name__} on the encoded batch of shape {tuple(x_seq.shape)} "
-                    f"(time-major [T, N, ...], encoder={encoder!r}, multistep={multistep}) failed: {exc}"
+                    f"(time-major [T, N, ...], encoder={encoder!r}, multistep={whole}) failed: {exc}.{hint}"
                 ) from exc
             if count_ops:
                 batch_ops = rec.ops()
                 if batch_ops is None:
                     raise ValueError("count_ops=True but the network has no Conv/Linear layer to count")
                 ops.append(batch_ops.cpu())
-            if out.dim() != 3 or out.shape[0] != T:
-                raise ValueError(
-                    f"the network's per-step outputs must be [T, N, C] = [{T}, N, C], got {tuple(out.shape)}; "
-                    "check T, the encoder, the readout, or pass multistep=True for a net that loops over time"
-                )
+            y = torch.as_tensor(y).cpu()
+            if out.dim() != 3 or out.shape[0] != T or (y.dim() == 1 and out.shape[1] != y.shape[0]):
+                raise ValueError(_shape_advice(out, T, whole, type(net).__name__))
             outputs.append(out.float().cpu())
-            labels.append(torch.as_tensor(y).cpu())
+            labels.append(y)
     finally:
         backend.reset(net)
         net.train(was_training)

@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .constraints import Constraint
+from .graph import check_by_running, find_functional_activations, is_activation, is_empty_sequential
 from .spec import IF
 
 SUPPORTED: tuple[type[nn.Module], ...] = (
@@ -38,11 +38,6 @@ SUPPORTED: tuple[type[nn.Module], ...] = (
 )
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-_FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu,
-                    torch.sigmoid, torch.tanh, F.hardtanh, F.elu}
-_METHOD_RELU = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min", "clip"}
-
-
 class ConversionError(ValueError):
     """The ANN cannot be converted as it is; the message names the layer and the fix."""
 
@@ -55,85 +50,6 @@ class ConvertedActivation:
     kind: str
     threshold: float
     v_init: float
-
-
-def _is_empty_sequential(m: nn.Module) -> bool:
-    """An ``nn.Sequential()`` with no layers: the identity shortcut of the CIFAR ResNets."""
-    return type(m) is nn.Sequential and len(m) == 0
-
-
-def _is_activation(m: nn.Module) -> bool:
-    return type(m) is nn.ReLU or isinstance(m, Constraint)
-
-
-class _Tracer(torch.fx.Tracer):
-    """fx tracer that keeps constraint activations whole (their own forward uses relu)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Constraint) or super().is_leaf_module(m, qualname)
-
-
-def find_functional_activations(net: nn.Module) -> list[tuple[str, str]] | None:
-    """``[(module path, what)]`` of functional activations in ``net``'s forward code.
-
-    Traces with ``torch.fx`` (no data needed). Returns None when the network cannot be
-    traced (data-dependent control flow); then :func:`_check_by_running` is used.
-    Also reports activation *modules* called more than once per forward.
-    """
-    try:
-        graph = _Tracer().trace(net)
-    except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
-        return None
-    found, calls = [], {}
-    for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        owner = next(reversed(stack.values()))[0] if stack else ""
-        if node.op == "call_function" and node.target in _FUNCTIONAL_RELU:
-            found.append((owner, getattr(node.target, "__name__", str(node.target))))
-        elif node.op == "call_method" and node.target in _METHOD_RELU:
-            found.append((owner, f"Tensor.{node.target}"))
-        elif node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    modules = dict(net.named_modules())
-    for target, n in calls.items():
-        if n > 1 and _is_activation(modules[target]):
-            found.append((target, f"{type(modules[target]).__name__} module called {n} times per forward"))
-    return found
-
-
-def _check_by_running(net: nn.Module, example: Tensor) -> list[tuple[str, str]]:
-    """Run ``net`` once and catch functional activations and reused activation modules."""
-    found, stack, calls = [], [""], {}
-    names = {m: n for n, m in net.named_modules()}
-
-    class Spy(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
-                found.append((stack[-1], name))
-            return func(*args, **(kwargs or {}))
-
-    def pre(m, _):
-        stack.append(names.get(m, ""))
-        if _is_activation(m):
-            calls[names[m]] = calls.get(names[m], 0) + 1
-
-    def post(m, _in, _out):
-        stack.pop()
-
-    handles = [m.register_forward_pre_hook(pre) for m in net.modules()]
-    handles += [m.register_forward_hook(post) for m in net.modules()]
-    activation_modules = {m for m in net.modules() if _is_activation(m)}
-    try:
-        with torch.no_grad(), Spy():
-            net(example)
-    finally:
-        for h in handles:
-            h.remove()
-    # the constraints' own forward uses relu/clamp internally: not a functional activation
-    found = [(p, w) for p, w in found if not any(p == names[m] for m in activation_modules)]
-    found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]
-    return found
 
 
 def _batches(data: Iterable) -> Iterable[Tensor]:
@@ -288,7 +204,7 @@ def convert_ann(
         was = ann.training
         ann.eval()
         try:
-            found = _check_by_running(ann, example.to(device) if device is not None else example)
+            found = check_by_running(ann, example.to(device) if device is not None else example)
         finally:
             ann.train(was)
     if found:
@@ -307,7 +223,7 @@ def convert_ann(
         def visit_train(module: nn.Module, prefix: str) -> None:
             for name, child in list(module.named_children()):
                 path = f"{prefix}.{name}" if prefix else name
-                if _is_activation(child):
+                if is_activation(child):
                     setattr(module, name, make_neuron(theta, 0.0))
                     trained.append(ConvertedActivation(path, type(child).__name__, theta, 0.0))
                 elif len(child._modules) == 0:
@@ -340,7 +256,7 @@ def convert_ann(
         for name, child in list(module.named_children()):
             path = f"{prefix}.{name}" if prefix else name
             new = child
-            if _is_activation(child):
+            if is_activation(child):
                 if spec.threshold is not None:
                     theta = float(spec.threshold)
                 elif isinstance(child, Constraint):
@@ -350,7 +266,7 @@ def convert_ann(
                 v_init = spec.v_init if spec.v_init is not None else getattr(child, "v_init", 0.5)
                 new = make_neuron(theta, float(v_init))
                 converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
-            elif isinstance(child, _DROPOUT) or _is_empty_sequential(child):
+            elif isinstance(child, _DROPOUT) or is_empty_sequential(child):
                 new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
             elif isinstance(child, _MAXPOOL):
                 if maxpool != "avg":

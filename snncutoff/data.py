@@ -1,5 +1,8 @@
 """Data sets: the embedded default (scikit-learn digits) and real benchmarks from disk.
 
+- a ``.npz`` file of your own (``x`` ``[N, H, W]`` or ``[N, C, H, W]``, ``y`` ``[N]``):
+  :func:`load_npz` / :func:`from_arrays`, a seeded stratified 80 / 20 split standardised
+  with the training statistics;
 - ``digits`` (default, no network): scikit-learn's 1 797 handwritten digits, 8x8, ten
   classes; a fixed stratified split (seed 0, 1 347 train / 450 test), pixels scaled to
   [0, 1] then standardised with the training mean and std; tensors ``[N, 1, 8, 8]``.
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-dvs", "dvs128-gesture", "n-mnist")
 
@@ -43,6 +46,8 @@ class DataSplit:
     input_size: int
     event: bool = False  # frames [T, 2, H, W] per sample (use encoder="frames")
 
+    calibration: Dataset | None = None  # held out from training (see holdout)
+
     def loaders(self, batch_size: int = 128, shuffle_train: bool = True, seed: int = 0,
                 num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
         """``(train_loader, test_loader)``; the training order is seeded."""
@@ -50,8 +55,109 @@ class DataSplit:
         return (
             DataLoader(self.train, batch_size=batch_size, shuffle=shuffle_train, generator=g,
                        num_workers=num_workers, drop_last=False),
-            DataLoader(self.test, batch_size=batch_size, shuffle=False, num_workers=num_workers),
+            self.loader(self.test, batch_size, num_workers),
         )
+
+    @staticmethod
+    def loader(dataset: Dataset, batch_size: int = 128, num_workers: int = 0) -> DataLoader:
+        """An unshuffled loader of ``dataset`` (for traces and evaluation)."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+    def holdout(self, size: int | float, seed: int = 0) -> DataSplit:
+        """A copy whose training set gives up ``size`` samples (an int, or a fraction of it) to a
+        ``calibration`` set, stratified by class and seeded, before any training.
+
+        Cutoff rules are calibrated there: a network is more confident on data it was
+        trained on, and no guarantee survives calibrating on it."""
+        n = len(self.train)
+        count = int(round(size * n)) if isinstance(size, float) and 0 < size < 1 else size
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < n:
+            raise ValueError(f"calibration size must be a fraction in (0, 1) or a count in [1, {n - 1}] of the "
+                             f"{n} training samples, got {size!r}")
+        labels = _labels_of(self.train)
+        idx = torch.arange(n).numpy()
+        from sklearn.model_selection import train_test_split
+
+        try:
+            keep, held = train_test_split(idx, test_size=count, random_state=seed, stratify=labels)
+        except ValueError:  # a class too rare to stratify
+            keep, held = train_test_split(idx, test_size=count, random_state=seed)
+        return DataSplit(self.name, Subset(self.train, sorted(keep.tolist())), self.test, self.num_classes,
+                         self.in_channels, self.input_size, self.event, Subset(self.train, sorted(held.tolist())))
+
+
+def _labels_of(dataset: Dataset) -> list[int]:
+    """The label of every sample (read from the tensors of a TensorDataset, else item by item)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].tolist()
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def from_arrays(x, y, test_size: int | float = 0.2, seed: int = 0, name: str = "arrays") -> DataSplit:
+    """Images and labels in memory as a seeded, stratified train / test :class:`DataSplit`.
+
+    Args:
+        x: ``[N, H, W]`` or ``[N, C, H, W]`` images (numpy or torch), ``uint8`` (0-255, scaled
+            to [0, 1]) or float; square (``H == W``), as the models expect.
+        y: ``[N]`` integer labels ``0 .. classes - 1``.
+        test_size: test samples, a count or a fraction.
+    Pixels are standardised with the mean and standard deviation of the training images.
+    """
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, H, W] or [N, C, H, W] images, got shape {tuple(x.shape)}")
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"images must be square (the models assume H = W), got {x.shape[-2]} x {x.shape[-1]}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be [N] = [{x.shape[0]}] labels, got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        if not bool((y == y.round()).all()):
+            raise ValueError("y must hold integer class labels, found fractional values")
+    y = y.long()
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, found {int(y.min())}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values")
+    from sklearn.model_selection import train_test_split
+
+    idx = torch.arange(len(y)).numpy()
+    try:
+        train_idx, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y.numpy())
+    except ValueError as exc:
+        raise ValueError(f"cannot split {len(y)} samples with test_size={test_size!r}: {exc}") from None
+    x_train, x_test = x[train_idx], x[test_idx]
+    mean, std = x_train.mean(), x_train.std().clamp(min=1e-12)
+    return DataSplit(name, TensorDataset((x_train - mean) / std, y[train_idx]),
+                     TensorDataset((x_test - mean) / std, y[test_idx]), num_classes=int(y.max()) + 1,
+                     in_channels=x.shape[1], input_size=x.shape[-1])
+
+
+def load_npz(path: str | os.PathLike, test_size: int | float = 0.2, seed: int = 0) -> DataSplit:
+    """A ``.npz`` file holding ``x`` (images) and ``y`` (labels) as a :class:`DataSplit` (see :func:`from_arrays`)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"no .npz data file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise ValueError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has "
+                                 f"{', '.join(f.files) or 'none'}")
+            x, y = f["x"], f["y"]
+    except (OSError, EOFError, ValueError) as exc:
+        if "must hold arrays" in str(exc):
+            raise
+        raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
+    return from_arrays(x, y, test_size, seed, name=path.stem)
 
 
 def digits(test_size: int = 450, seed: int = 0) -> DataSplit:
@@ -100,7 +206,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, T: int = 16, d
     """Load a data set by name (see module docstring for the list and on-disk layout).
 
     Args:
-        name: one of :data:`DATASETS`.
+        name: one of :data:`DATASETS`, or the path of a ``.npz`` file (see :func:`load_npz`).
         data_dir: root folder of the real data sets (each in a sub-folder named like
             torchvision / SpikingJelly expect); unused for digits.
         T: frames per sample for event data sets.
@@ -109,6 +215,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, T: int = 16, d
     """
     if name == "digits":
         return digits()
+    if str(name).endswith(".npz"):
+        return load_npz(name)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if data_dir is None:

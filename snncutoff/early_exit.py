@@ -305,6 +305,14 @@ class _Session:
 
     def __init__(self, backend: Any, net: nn.Module, readout: Any, count_ops: bool, block: int | str) -> None:
         self.backend, self.net, self.readout = backend, net, readout
+        backend.check_network(net)
+        whole = [type(m).__name__ for m in net.modules() if backend.processes_sequences(m)]
+        if whole:
+            raise ValueError(
+                f"{type(net).__name__} holds {whole[0]}, which computes a whole sequence per call (its output at "
+                "step t depends on the sequence it is given), so early exit cannot run it a step or a block at a "
+                "time. Measure its cutoff post hoc: collect_trace(...), then policy.evaluate(trace)"
+            )
         self.multistep = backend.is_multistep(net)
         self.plan = None if self.multistep else backend.block_plan(net, readout)
         # stepping through a block one call at a time saves nothing

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ._progress import bar
 from .collect import encode
-from .constraints import Constraint
+from .constraints import QCFS, Clip, Constraint, calibrate
 from .io import CorruptFileError, atomic_torch_save, load_torch
 from .losses import MeanOutputLoss, TETLoss
 from .regularizers import rcs_ann, rcs_snn
@@ -119,7 +119,13 @@ class _SequenceModule(nn.Module):
 class Trainer:
     """Train an ANN (``backend=None``) or an SNN built from a backend's neurons.
 
+    Constraint activations made without a threshold (``constraints.apply(net, "qcfs")``)
+    get one from the data before the first step (:func:`snncutoff.constraints.calibrate`
+    on a seeded sample of 2 048 training samples).
+
     Attributes (after ``fit``):
+        thresholds_: ``{layer: threshold}`` set from the data before training (empty when
+            every threshold was given, or when resuming).
         history_: one dict per epoch (loss, train and test accuracy, learning rate).
         best_accuracy_: best test accuracy seen (0 to 1).
         epoch_: epochs completed.
@@ -232,6 +238,8 @@ class Trainer:
         start = 0
         if self.resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
             start = self._load(self.checkpoint_dir / "last.pt", opt, sched, train_loader)
+        if start == 0:
+            self.thresholds_ = self._initial_thresholds(model, train_loader)
         show = self.progress and rank == 0
         for epoch in range(start, c.epochs):
             if world > 1:
@@ -282,6 +290,16 @@ class Trainer:
                     self._save(self.checkpoint_dir / "best.pt", opt, sched, epoch + 1, train_loader)
         self.epoch_ = c.epochs
         return self
+
+    def _initial_thresholds(self, model: nn.Module, train_loader: DataLoader) -> dict[str, float]:
+        """Constraint thresholds never set are set from the data (:func:`snncutoff.constraints.calibrate`)
+        on a seeded sample of the training set, drawn without touching the loader's own random state."""
+        if self.backend is not None or not any(isinstance(m, (QCFS, Clip)) and not m.threshold_is_set()
+                                                for m in model.modules()):
+            return {}
+        dataset = train_loader.dataset
+        pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.config.seed))[:2048]
+        return calibrate(model, DataLoader(Subset(dataset, pick.tolist()), batch_size=256), device=self.device)
 
     # ----------------------------------------------------------- checkpoints
     def _save(self, path: Path, opt, sched, epoch: int, loader: DataLoader) -> None:

@@ -29,17 +29,21 @@ def missing_backend():
     from snncutoff import backends
 
     class Missing(backends.Backend):
+        """Implements the contract but cannot import its framework."""
         name = "missing"
         install_hint = "pip install missing-framework"
 
         def framework(self):
             raise ImportError("No module named 'missing_framework'")
 
+        if_neuron = lif_neuron = is_spiking = is_stateful = reset_module = select_module = admit_module = \
+            lambda self, *a: None
+
     backends.register("missing", Missing)
     try:
         yield "missing"
     finally:
-        backends._registered.pop("missing")
+        backends.registry._registered.pop("missing")
 
 
 @pytest.fixture

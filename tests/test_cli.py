@@ -26,16 +26,25 @@ def test_compare_writes_results_traces_and_plots(compared):
     out, _, stdout = compared
     assert "| backend | policy | accuracy |" in stdout and "OCT (oracle)" in stdout
     d = json.loads((out / "results.json").read_text())
-    assert d["schema"] == "snncutoff-bench/compare/1" and d["seed"] == 0
-    assert {"config", "command", "versions", "ann", "backends", "agreement", "plots"} <= set(d)
+    assert d["schema"] == "snncutoff-bench/compare/2" and d["seed"] == 0
+    assert {"config", "command", "versions", "ann", "backends", "agreement", "plots", "data"} <= set(d)
+    assert d["data"] == {"train": 876, "calibration": 471, "test": 450}  # 35 % of the training split held out
     for name, e in d["backends"].items():
         assert name in backends.names()
-        assert {"ann_accuracy", "snn_accuracy", "accuracy_per_step", "oct", "policies", "timing"} <= set(e)
+        assert {"ann_accuracy", "snn_accuracy", "accuracy_per_step", "oct", "policies", "timing", "sweep"} <= set(e)
         assert len(e["accuracy_per_step"]) == 4
         for key, r in e["policies"].items():
-            assert {"accuracy", "mean_steps", "speedup", "ops_saved"} <= set(r), key
-        assert any(k.startswith("topk_eps0.01") for k in e["policies"])
-        assert (out / "traces" / f"{name}-test.pt").exists() and (out / "traces" / f"{name}-train.pt").exists()
+            assert {"accuracy", "mean_steps", "speedup", "ops_saved", "over_oct", "loss_vs_T"} <= set(r), key
+            assert r["over_oct"] == pytest.approx(r["mean_steps"] / e["oct"]["mean_steps"])
+            assert r["loss_vs_T"] == pytest.approx(100 * (e["snn_accuracy"] - r["accuracy"]))
+        assert "topk_epsilon0.01" in e["policies"]
+        for family in ("timestep", "topk", "confidence", "entropy", "conformal", "stability", "learned"):
+            risk = e["policies"][f"risk_{family}"]
+            assert risk["delta"] == 0.1 and risk["n_calibration"] > 0
+            assert risk["certified_loss"] == (0.005 if risk["value"] is not None else 0.0)
+            assert set(e["sweep"][family][0]) >= {"accuracy", "mean_steps"}
+        for part in ("train", "calibration", "test"):
+            assert (out / "traces" / f"{name}-{part}.pt").exists()
     for png in d["plots"]:
         with open(png, "rb") as f:
             assert f.read(8) == PNG
@@ -74,7 +83,8 @@ def test_train_evaluate_convert(tmp_path):
                                str(tmp_path / "ev"), "--quiet", "--policies", "topk,timestep"])
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert all(set(k.split("_")[0] for k in e["policies"]) == {"topk", "timestep"} for e in d["backends"].values())
+    assert all({k.removeprefix("risk_").split("_")[0] for k in e["policies"]} == {"topk", "timestep"}
+               for e in d["backends"].values())
     res = runner.invoke(main, ["convert", "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "cv"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "| QCFS |" in res.output

@@ -22,5 +22,8 @@ def snn() -> SimpleNamespace:
         version = md.version("snntorch")
     except Exception:  # noqa: BLE001 - a source checkout has no metadata
         version = getattr(snntorch, "__version__", "unknown")
+    # neurons that process a whole time-major sequence per call (those the installed version has)
+    sequence = tuple(c for c in (getattr(snntorch, n, None) for n in
+                                 ("LeakyParallel", "LeakyKernel", "StateLeaky", "AssociativeLeaky")) if c is not None)
     return SimpleNamespace(snntorch=snntorch, SpikingNeuron=snntorch.SpikingNeuron, Leaky=snntorch.Leaky,
-                           version=version)
+                           sequence_neurons=sequence, version=version)

@@ -32,6 +32,7 @@ class SnnTorchBackend(Backend):
 
     name = "snntorch"
     install_hint = INSTALL_HINT
+    neuron_hint = "a SpikingNeuron such as snn.Leaky or snn.Synaptic"
 
     def framework(self):
         return snn()
@@ -51,6 +52,15 @@ class SnnTorchBackend(Backend):
     def spiking_layers(self, net: nn.Module) -> list[tuple[str, nn.Module]]:
         inner = self._wrapped(net)  # report snncutoff's wrappers, not the Leaky inside them
         return [(n, m) for n, m in net.named_modules() if self.is_spiking(m) and id(m) not in inner]
+
+    def processes_sequences(self, module: nn.Module) -> bool:
+        """``LeakyParallel``, ``LeakyKernel``, ``StateLeaky`` (and ``LinearLeaky``), ``AssociativeLeaky``:
+        neurons that take a time-major ``[T, N, ...]`` sequence per call and keep no state between calls."""
+        return isinstance(module, snn().sequence_neurons)
+
+    def is_multistep(self, net: nn.Module) -> bool:
+        """A network holding a sequence neuron (:meth:`processes_sequences`) runs ``[T, N, ...]`` per call."""
+        return any(self.processes_sequences(m) for m in net.modules())
 
     def is_stateful(self, module: nn.Module) -> bool:
         return isinstance(module, (IFNeuron, LIFNeuron, snn().SpikingNeuron))

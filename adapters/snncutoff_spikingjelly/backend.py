@@ -48,6 +48,9 @@ class SpikingJellyBackend(Backend):
     """
 
     name = "spikingjelly"
+    neuron_hint = "a base.MemoryModule such as neuron.IFNode or neuron.LIFNode"
+    step_modes = ("s", "m")
+    preferred_step_mode = "m"  # multi-step: one call per sequence (and cupy / CUDA kernels on a GPU)
 
     def __init__(self, gpu_kernel: str = "auto") -> None:
         self.gpu_kernel = check_choice("gpu_kernel", gpu_kernel, GPU_KERNELS)
@@ -110,13 +113,17 @@ class SpikingJellyBackend(Backend):
         module.reset()
 
     def select_module(self, module: nn.Module, keep: Tensor) -> None:
-        """Keep batch rows ``keep`` of every per-sample memory (a tensor ``[N, ...]``, or a list of them,
-        such as a sliding neuron's queue); a memory shared by the whole batch (a step counter) stays."""
+        """Keep batch rows ``keep`` of every per-sample memory (a tensor ``[N, ...]``); a memory shared by
+        the whole batch (a step counter) stays; a queue of past inputs (a list) cannot be shrunk."""
         for name, value in list(module._memories.items()):
             if _per_row(value):
                 setattr(module, name, value.index_select(0, keep.to(value.device)))
-            elif isinstance(value, list) and any(_per_row(v) for v in value):
-                setattr(module, name, [v.index_select(0, keep.to(v.device)) if _per_row(v) else v for v in value])
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
+                raise ValueError(
+                    f"{type(module).__name__} keeps {name!r}, a queue of past inputs with the samples flattened "
+                    "together, so samples cannot be dropped from it one by one: early exit cannot run this "
+                    "network. Measure it post hoc: collect_trace(...), then policy.evaluate(trace)"
+                )
         v_seq = getattr(module, "v_seq", None)
         if isinstance(v_seq, Tensor) and v_seq.dim() >= 2:
             module.v_seq = v_seq.index_select(1, keep.to(v_seq.device))
@@ -157,6 +164,20 @@ class SpikingJellyBackend(Backend):
 
     def is_multistep(self, net: nn.Module) -> bool:
         return any(getattr(m, "step_mode", "s") == "m" for m in net.modules())
+
+    def processes_sequences(self, module: nn.Module) -> bool:
+        """Multi-step-only modules other than the step-wise containers (``PSN``, temporal attention, TEBN,
+        time-last layers) and the parallel neurons in multi-step mode (``MaskedPSN``, ``SlidingPSN``):
+        each call computes the sequence it is given, as a whole."""
+        m = sj()
+        stepwise = tuple(c for c in (getattr(m.layer, "SeqToANNContainer", None),
+                                     getattr(m.layer, "MultiStepContainer", None)) if c is not None)
+        multi_only = getattr(m.base, "MultiStepModule", None)
+        if multi_only is not None and isinstance(module, multi_only) and not isinstance(module, stepwise):
+            return True
+        if type(module).__name__ in ("MaskedPSN", "SlidingPSN") and getattr(module, "step_mode", "s") == "m":
+            return True
+        return super().processes_sequences(module)
 
     def takes_sequences(self, module: nn.Module) -> bool:
         return getattr(module, "step_mode", "s") == "m"

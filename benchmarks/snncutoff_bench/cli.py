@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict
 from datetime import datetime
@@ -61,9 +63,34 @@ def _split_csv(value: str | None) -> tuple[str, ...]:
 
 
 def _output_dir(path: str | None, command: str) -> Path:
+    """The run's output folder, created now (so an unwritable place fails before any work).
+
+    Without ``--output-dir``: ``./snncutoff-results/<command>-<timestamp>-<pid>[-k]``, created
+    exclusively, so two runs started in the same second never share (or read) one."""
     if path:
-        return Path(path)
-    return Path("snncutoff-results") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        out = Path(path)
+        _writable(out, "--output-dir")
+        return out
+    base = Path("snncutoff-results") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    _writable(base.parent, "the results folder")
+    for k in range(1000):
+        out = base if k == 0 else base.with_name(f"{base.name}-{k}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise BenchError(f"cannot create a fresh folder next to {base}")
+
+
+def _writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and check a file can be written in it, or fail with a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
 
 
 def _command_line() -> str:
@@ -74,23 +101,42 @@ def bench_options(fn):
     """Options shared by the commands that build networks."""
     opts = [
         click.option("--dataset", default="digits", show_default=True,
-                     help=f"Data set: {', '.join(DATASETS)}."),
+                     help=f"Data set: {', '.join(DATASETS)}, or a .npz file holding x [N, H, W] (or [N, C, H, W]) "
+                          "images and y [N] labels (seeded 80 / 20 split)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder holding the real data sets (not needed for digits)."),
         click.option("--download", is_flag=True, help="Let torchvision / SpikingJelly download the data set."),
         click.option("--model", default="cnn", show_default=True, help=f"Model: {', '.join(MODELS)}."),
-        click.option("--T", "T", default=32, show_default=True, type=int, help="Timesteps."),
+        click.option("--T", "T", default=32, show_default=True, type=click.IntRange(min=1), help="Timesteps."),
         click.option("--backends", default=None, help="Comma-separated backends (default: every installed one)."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
         click.option("--seed", default=0, show_default=True, type=int, help="Random seed."),
-        click.option("--epochs", default=None, type=int, help="Training epochs (default: per data set and route)."),
-        click.option("--batch-size", default=128, show_default=True, type=int),
+        click.option("--epochs", default=None, type=click.IntRange(min=1),
+                     help="Training epochs (default: per data set and route)."),
+        click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1)),
         click.option("--output-dir", type=click.Path(file_okay=False), default=None,
                      help="Where results go (default ./snncutoff-results/<command>-<timestamp>/)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Trained-ANN cache (default ~/.cache/snncutoff)."),
         click.option("--quiet", is_flag=True, help="No progress output on stderr."),
         click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout instead of the table."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def risk_options(fn):
+    """Options of the held-out calibration and the risk-controlled rules."""
+    opts = [
+        click.option("--calibration-size", default=0.35, show_default=True, type=click.FloatRange(min=0.0,
+                     min_open=True), help="Samples held out from the training data before training, to calibrate "
+                                          "the cutoff rules on: a fraction, or a count (>= 1)."),
+        click.option("--max-loss", default=0.005, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True,
+                     max_open=True), help="Risk control: accuracy (0-1) a certified rule may give up against all T "
+                                          "steps."),
+        click.option("--delta", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True,
+                     max_open=True), help="Risk control: probability that the certified bound fails."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -120,23 +166,26 @@ def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool) ->
 
 def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: bool, name: str) -> None:
     from . import plots
-    from .pipeline import run_compare, sweep_results
+    from .pipeline import cache_dir, run_compare
     from .report import compare_table
 
-    out = _output_dir(output_dir, name)
     try:
-        results = run_compare(cfg, out, quiet=quiet, command=_command_line())
+        from .pipeline import check_config
+
+        check_config(cfg)
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
-    traces = {n: Trace.load(out / "traces" / f"{n}-test.pt") for n in results["backends"]}
-    curves = {}
-    for n in results["backends"]:
-        cal = Trace.load(out / "traces" / f"{n}-train.pt")
-        sw = sweep_results(cal, traces[n], cfg.policies)
-        curves[n] = {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in sw.items()}
-        results["backends"][n]["sweep"] = sw
+    out = _output_dir(output_dir, name)
+    if not cfg.extra.get("checkpoint"):
+        _writable(cache_dir(cfg), "--cache-dir")
+    try:
+        results, traces = run_compare(cfg, out, quiet=quiet, command=_command_line())
+    except BenchInputError as exc:
+        raise BenchError(str(exc)) from exc
+    curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
+              for n, e in results["backends"].items()}
     results["plots"] = [str(plots.accuracy_per_step(results, out / "accuracy_per_step.png")),
-                        str(plots.oct_histogram(traces, out / "oct_histogram.png")),
+                        str(plots.oct_histogram({n: t["test"] for n, t in traces.items()}, out / "oct_histogram.png")),
                         str(plots.pareto(curves, out / "pareto.png"))]
     _finish(results, out, as_json, compare_table(results), quiet)
 
@@ -146,10 +195,12 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
 @click.option("--route", default="convert", show_default=True,
               help="convert: one QCFS ANN converted into every backend; direct: one SNN per backend trained "
                    "with that framework's LIF neurons from the same initial weights.")
-@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policies.")
-@click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L (convert route).")
-@click.option("--rcs-alpha", default=0.0, show_default=True, type=float,
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated cutoff rules.")
+@click.option("--levels", default=8, show_default=True, type=click.IntRange(min=1),
+              help="QCFS quantisation levels L (convert route).")
+@click.option("--rcs-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Weight of the RCS regulariser in training (0: off).")
+@risk_options
 @handle_errors
 def compare(output_dir, quiet, as_json, **kw) -> None:
     """The main job: train (or reuse) a network, run it in every backend, compare cutoff efficiency.
@@ -164,8 +215,8 @@ def compare(output_dir, quiet, as_json, **kw) -> None:
 @bench_options
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="ANN checkpoint written by `snncutoff-bench train` (or a Trainer).")
-@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policies.")
-@click.option("--levels", default=8, show_default=True, help="QCFS levels the checkpoint was trained with.")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated cutoff rules.")
+@risk_options
 @handle_errors
 def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
     """Checkpoint -> SNN per backend -> traces -> every policy (like compare, without training)."""
@@ -177,18 +228,26 @@ def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
 @main.command()
 @bench_options
 @click.option("--route", default="convert", show_default=True, help="convert (QCFS ANN) or direct (SNN).")
-@click.option("--levels", default=8, show_default=True, help="QCFS quantisation levels L.")
-@click.option("--lr", default=None, type=float, help="Learning rate.")
-@click.option("--rcs-alpha", default=0.0, show_default=True, type=float, help="Weight of the RCS regulariser.")
-@click.option("--resume", is_flag=True, help="Continue from <output-dir>/last.pt.")
+@click.option("--levels", default=8, show_default=True, type=click.IntRange(min=1), help="QCFS quantisation levels L.")
+@click.option("--lr", default=None, type=click.FloatRange(min=0.0, min_open=True), help="Learning rate.")
+@click.option("--rcs-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Weight of the RCS regulariser (0: off).")
+@click.option("--calibration-size", default=0.35, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Training samples held out for calibrating cutoff rules later (as compare / evaluate do).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last.pt.")
 @handle_errors
 def train(output_dir, quiet, as_json, resume, **kw) -> None:
-    """Train the QCFS ANN (route convert) or one SNN per backend (route direct); write checkpoints."""
+    """Train the QCFS ANN (route convert) or one SNN per backend (route direct); write checkpoints.
+
+    The calibration samples (``--calibration-size``, seeded) are held out of training, as
+    ``compare`` does, so ``evaluate --checkpoint`` calibrates on data the network never saw."""
     from snncutoff import data
     from snncutoff.train import Trainer
 
     from .pipeline import build_ann, check_config
 
+    if resume and not output_dir:
+        raise BenchError("--resume continues the run in --output-dir: pass the folder of that run")
     cfg = _config(**kw)
     try:
         names = check_config(cfg)
@@ -196,8 +255,11 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
         raise BenchError(str(exc)) from exc
     out = _output_dir(output_dir, "train")
     split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
+    split = split.holdout(int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size, cfg.seed)
     loaders = split.loaders(cfg.batch_size, seed=cfg.seed)
     tc = cfg.train_config()
+    tc.extra = {"dataset": cfg.dataset, "model": cfg.model, "calibration_size": cfg.calibration_size,
+                "seed": cfg.seed}
     results = {"schema": "snncutoff-bench/train/1", "command": _command_line(), "config": asdict(cfg), "runs": {}}
     targets = ["ann"] if cfg.route == "convert" else names
     init = build_ann(cfg, split)
@@ -206,7 +268,7 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
             net, backend, ckpt = init, None, out
         else:
             backend = backends.get(target)
-            net = backend.convert(copy.deepcopy(init), spec=LIF(), step_mode="m" if target == "spikingjelly" else "s")
+            net = backend.convert(copy.deepcopy(init), spec=LIF(), step_mode=backend.preferred_step_mode)
             ckpt = out / target
         trainer = Trainer(net, tc, backend=backend, device=cfg.device, checkpoint_dir=ckpt, resume=resume,
                           progress=not quiet).fit(*loaders)
@@ -220,9 +282,8 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
 @main.command()
 @bench_options
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="ANN checkpoint.")
-@click.option("--levels", default=8, show_default=True, help="QCFS levels the checkpoint was trained with.")
 @click.option("--step-mode", default="s", show_default=True, type=click.Choice(["s", "m"]),
-              help="SpikingJelly step mode of the converted network.")
+              help="Step mode of the converted network, where the backend offers multi-step ('m').")
 @handle_errors
 def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
     """Convert an ANN checkpoint into every backend; report each layer's neuron and threshold."""
@@ -243,7 +304,7 @@ def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
                "backends": {}}
     for name in names:
         b = backends.get(name)
-        snn = b.convert(ann, step_mode=step_mode if name == "spikingjelly" else "s")
+        snn = b.convert(ann, step_mode=step_mode if step_mode in b.step_modes else "s")
         acts = [asdict(a) for a in snn.snncutoff_activations]
         atomic_torch_save({"state_dict": snn.state_dict(), "activations": acts}, out / f"snn-{name}.pt")
         results["backends"][name] = {"activations": acts, "network": repr(snn)}
@@ -256,39 +317,52 @@ def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
 
 @main.command()
 @click.option("--traces", "traces_dir", required=True, type=click.Path(file_okay=False),
-              help="A traces/ folder written by compare or evaluate (<backend>-train.pt, <backend>-test.pt).")
-@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated policy families.")
-@click.option("--epsilons", default=None, help="Comma-separated epsilons (TopKGap, Confidence).")
-@click.option("--alphas", default=None, help="Comma-separated alphas (Conformal).")
+              help="A traces/ folder written by compare or evaluate (<backend>-calibration.pt, <backend>-test.pt).")
+@click.option("--policies", default=",".join(POLICIES), show_default=True, help="Comma-separated cutoff rules.")
+@click.option("--epsilons", default=None, help="Comma-separated epsilons (topk, confidence, entropy, learned).")
+@click.option("--alphas", default=None, help="Comma-separated alphas (conformal).")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) -> None:
-    """Epsilon / alpha sweeps from stored traces: accuracy vs mean exit step, Pareto curves (no network run)."""
+    """Parameter sweeps from stored traces: accuracy vs mean exit step, Pareto curves (no network run).
+
+    Rules are calibrated on <backend>-calibration.pt (held out from training by compare /
+    evaluate), or on <backend>-train.pt in folders written before it existed."""
     from . import plots
-    from .pipeline import SWEEP_ALPHAS, SWEEP_EPSILONS, sweep_results
+    from .pipeline import sweep_results
     from .report import sweep_table
 
-    fams = _split_csv(policies)
+    fams = _split_csv(policies) or POLICIES
     for f in fams:
         if f not in POLICIES:
             raise BenchError(f"unknown policy {f!r}; choose from {', '.join(POLICIES)}")
-    eps = tuple(float(v) for v in _split_csv(epsilons)) or SWEEP_EPSILONS
-    als = tuple(float(v) for v in _split_csv(alphas)) or SWEEP_ALPHAS
+    values = {}
+    for param, text in (("epsilon", epsilons), ("alpha", alphas)):
+        try:
+            values[param] = tuple(float(v) for v in _split_csv(text))
+        except ValueError:
+            raise BenchError(f"--{param}s must be comma-separated numbers, got {text!r}") from None
+        for v in values[param]:
+            if not 0.0 <= v < 1.0:
+                raise BenchError(f"every {param} must lie in [0, 1), got {v}")
     folder = Path(traces_dir)
+    if not folder.is_dir():
+        raise BenchError(f"--traces {folder} is not a folder")
     tests = sorted(folder.glob("*-test.pt"))
     if not tests:
         raise BenchError(f"no <backend>-test.pt trace in {folder}; run `snncutoff-bench compare` first")
     out = _output_dir(output_dir, "sweep")
-    results = {"schema": "snncutoff-bench/sweep/1", "command": _command_line(), "traces": str(folder), "backends": {}}
+    results = {"schema": "snncutoff-bench/sweep/2", "command": _command_line(), "traces": str(folder), "backends": {}}
     curves = {}
     for test_path in tests:
         name = test_path.name[: -len("-test.pt")]
-        cal_path = folder / f"{name}-train.pt"
-        if not cal_path.exists():
-            raise BenchError(f"{cal_path} is missing: the calibration trace is needed for TopKGap and Conformal")
-        sw = sweep_results(Trace.load(cal_path), Trace.load(test_path), fams, eps, als)
+        cal_path = next((p for p in (folder / f"{name}-calibration.pt", folder / f"{name}-train.pt") if p.exists()),
+                        None)
+        if cal_path is None:
+            raise BenchError(f"{folder / (name + '-calibration.pt')} is missing: rules are calibrated on it")
+        sw = sweep_results(Trace.load(cal_path), Trace.load(test_path), fams, values)
         results["backends"][name] = sw
         curves[name] = {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in sw.items()}
     results["plots"] = [str(plots.pareto(curves, out / "pareto.png"))]
@@ -305,11 +379,11 @@ def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int
 
 @main.command()
 @click.option("--model", default="cnn", show_default=True, help="cnn (digits size) or vgg11 / vgg16 (CIFAR size).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--T", "T", default=16, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--T", "T", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--backends", default=None, help="Comma-separated backends (default: every installed one).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--early-exit", is_flag=True,
               help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
 @click.option("--epsilon", default=0.0, show_default=True, type=float,
@@ -374,10 +448,11 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
 
 
 @main.command("core-speed")
-@click.option("--T", "T", default=64, show_default=True, help="Timesteps of the synthetic traces.")
-@click.option("--N", "N", default=50_000, show_default=True, help="Samples per trace.")
-@click.option("--C", "C", default=100, show_default=True, help="Classes.")
-@click.option("--repeats", default=3, show_default=True, help="Best of this many runs.")
+@click.option("--T", "T", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Timesteps of the synthetic traces.")
+@click.option("--N", "N", default=50_000, show_default=True, type=click.IntRange(min=1), help="Samples per trace.")
+@click.option("--C", "C", default=100, show_default=True, type=click.IntRange(min=2), help="Classes.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Best of this many runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
 def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:

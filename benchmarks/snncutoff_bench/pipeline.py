@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,12 @@ from snncutoff import backends, constraints, data, models
 from snncutoff.io import atomic_write_json
 from snncutoff.train import TrainConfig, Trainer, load_model, seed_everything
 
-POLICIES = ("timestep", "topk", "confidence", "conformal")
+POLICIES = tuple(sc.cutoff.RULES)
 ROUTES = ("convert", "direct")
-TOPK_EPSILONS = (0.0, 0.01, 0.05)
+#: parameter values of each rule shown in the compare table besides its risk-controlled value
+#: (the timestep row is the first step within 1 point of the ANN; sweeps cover risk_grid)
+REPORTED = {"topk": (0.0, 0.01), "confidence": (0.001,), "entropy": (0.01,), "conformal": (0.05,),
+            "stability": (3,), "learned": (0.0,)}
 
 
 @dataclass
@@ -49,17 +53,19 @@ class BenchConfig:
     levels: int = 8
     rcs_alpha: float = 0.0
     policies: tuple[str, ...] = POLICIES
-    confidence_epsilon: float = 0.001
-    conformal_alpha: float = 0.05
+    calibration_size: float = 0.35
+    max_loss: float = 0.005
+    delta: float = 0.1
     cache_dir: str | None = None
     download: bool = False
     extra: dict = field(default_factory=dict)
 
     def train_config(self) -> TrainConfig:
         direct = self.route == "direct"
+        small = self.dataset == "digits" or self.dataset.endswith(".npz")  # minutes on a CPU
         epochs = self.epochs if self.epochs is not None else (
-            (12 if direct else 10) if self.dataset == "digits" else (100 if direct else 200))
-        lr = self.lr if self.lr is not None else (3e-3 if self.dataset == "digits" else 1e-3)
+            (12 if direct else 10) if small else (100 if direct else 200))
+        lr = self.lr if self.lr is not None else (3e-3 if small else 1e-3)
         T_train = min(self.T, 8) if direct else self.T
         return TrainConfig(epochs=epochs, lr=lr, seed=self.seed, batch_size=self.batch_size, T=T_train,
                            loss="tet" if direct else "ce", rcs_alpha=self.rcs_alpha,
@@ -69,9 +75,18 @@ class BenchConfig:
     def ann_key(self) -> str:
         """Hash of what determines the trained ANN (the checkpoint cache key)."""
         tc = self.train_config()
-        blob = json.dumps({"dataset": self.dataset, "model": self.model, "levels": self.levels, "route": self.route,
+        blob = json.dumps({"dataset": self.dataset, "data": _data_fingerprint(self.dataset), "model": self.model,
+                           "levels": self.levels, "route": self.route, "calibration_size": self.calibration_size,
                            "train": asdict(tc), "torch": torch.__version__.split("+")[0]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _data_fingerprint(dataset: str) -> str | None:
+    """Size and modification time of a .npz data file (a changed file is a new cache entry)."""
+    if not dataset.endswith(".npz") or not Path(dataset).is_file():
+        return None
+    st = Path(dataset).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 class BenchInputError(ValueError):
@@ -85,8 +100,12 @@ def _log(msg: str, quiet: bool) -> None:
 
 def check_config(cfg: BenchConfig) -> list[str]:
     """Validate names against what exists and is installed; return the backends to use."""
-    if cfg.dataset not in data.DATASETS:
-        raise BenchInputError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(data.DATASETS)}")
+    npz = cfg.dataset.endswith(".npz")
+    if npz and not Path(cfg.dataset).is_file():
+        raise BenchInputError(f"no .npz data file at {cfg.dataset} (it must hold arrays x [N, H, W] and y [N])")
+    if not npz and cfg.dataset not in data.DATASETS:
+        raise BenchInputError(f"unknown data set {cfg.dataset!r}; choose one of {', '.join(data.DATASETS)}, "
+                              "or pass the path of a .npz file holding x and y")
     if cfg.model not in models.MODELS:
         raise BenchInputError(f"unknown model {cfg.model!r}; choose one of {', '.join(models.MODELS)}")
     if cfg.route not in ROUTES:
@@ -99,7 +118,14 @@ def check_config(cfg: BenchConfig) -> list[str]:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BenchInputError("--device cuda was asked for but torch sees no CUDA device "
                               f"(torch {torch.__version__}); use --device cpu")
-    if cfg.dataset != "digits" and cfg.data_dir is None:
+    if not (0 < cfg.max_loss < 1) or not (0 < cfg.delta < 1):
+        raise BenchInputError(f"--max-loss and --delta must lie in (0, 1), got {cfg.max_loss} and {cfg.delta}")
+    if not (0 < cfg.calibration_size < 1 or (cfg.calibration_size >= 1 and float(cfg.calibration_size).is_integer())):
+        raise BenchInputError("--calibration-size must be a fraction in (0, 1) of the training data or a count, "
+                              f"got {cfg.calibration_size}")
+    if cfg.rcs_alpha < 0:
+        raise BenchInputError(f"--rcs-alpha must be >= 0 (0: off), got {cfg.rcs_alpha}")
+    if cfg.dataset != "digits" and not npz and cfg.data_dir is None:
         raise BenchInputError(f"data set {cfg.dataset!r} is read from disk: pass --data-dir")
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise BenchInputError(f"--data-dir {cfg.data_dir} does not exist")
@@ -131,26 +157,49 @@ def build_ann(cfg: BenchConfig, split: data.DataSplit) -> nn.Module:
     seed_everything(cfg.seed)
     ann = models.get(cfg.model, split.num_classes, split.in_channels, split.input_size)
     if cfg.route == "convert":
-        constraints.apply(ann, "qcfs", levels=cfg.levels, threshold=4.0 if cfg.dataset == "digits" else 8.0)
+        constraints.apply(ann, "qcfs", levels=cfg.levels)  # thresholds from the data when training starts
     return ann
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cached_ann(ann: nn.Module, path: Path, quiet: bool) -> bool:
+    """Load the cache entry ``path`` into ``ann``; False (with a warning, the entry removed) when it is
+    missing its content hash, altered, unreadable or of another model: it is then rebuilt."""
+    digest = path.with_name(path.name + ".sha256")
+    try:
+        if not digest.is_file() or digest.read_text().strip() != _sha256(path):
+            raise ValueError(f"{path} does not match its recorded content hash ({digest.name})")
+        load_model(ann, path)
+    except (ValueError, OSError) as exc:  # CorruptFileError is a ValueError
+        warnings.warn(f"discarding the cached ANN {path}: {exc}; training it again", stacklevel=2)
+        path.unlink(missing_ok=True)
+        digest.unlink(missing_ok=True)
+        return False
+    _log(f"ANN loaded from cache {path}", quiet)
+    return True
+
+
 def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) -> tuple[nn.Module, dict]:
-    """Train the QCFS ANN, or load it from the cache (keyed by :meth:`BenchConfig.ann_key`)."""
+    """Train the QCFS ANN, or load it from the cache (keyed by :meth:`BenchConfig.ann_key`).
+
+    Cache entries carry a content hash beside them (``<entry>.sha256``); one that is altered,
+    truncated or unreadable is discarded with a warning and rebuilt, never fatal."""
     ann = build_ann(cfg, split)
     if cfg.extra.get("checkpoint"):
         try:
             load_model(ann, cfg.extra["checkpoint"])
         except (FileNotFoundError, ValueError) as exc:
-            what = f"model {cfg.model!r}, data set {cfg.dataset!r}, QCFS L={cfg.levels}"
+            what = f"model {cfg.model!r}, data set {cfg.dataset!r}"
             raise BenchInputError(f"{exc} ({what})") from exc
         return ann.eval(), {"checkpoint": cfg.extra["checkpoint"], "cached": True}
-    path = cache_dir(cfg) / f"ann-{cfg.dataset}-{cfg.model}-{cfg.ann_key()}.pt"
-    info = {"checkpoint": str(path), "cached": path.exists()}
-    if path.exists():
-        load_model(ann, path)
-        _log(f"ANN loaded from cache {path}", quiet)
-    else:
+    name = Path(cfg.dataset).stem if cfg.dataset.endswith(".npz") else cfg.dataset
+    path = cache_dir(cfg) / f"ann-{name}-{cfg.model}-{cfg.ann_key()}.pt"
+    info = {"checkpoint": str(path), "cached": path.is_file() and _cached_ann(ann, path, quiet)}
+    if not info["cached"]:
+        ann = build_ann(cfg, split)  # a fresh one (a failed load may have left part of the weights)
         tc = cfg.train_config()
         train, test = split.loaders(cfg.batch_size, seed=cfg.seed)
         _log(f"training {cfg.model} with QCFS (L={cfg.levels}) on {cfg.dataset} for {tc.epochs} epochs", quiet)
@@ -158,7 +207,9 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) ->
         trainer = Trainer(ann, tc, device=cfg.device, progress=not quiet).fit(train, test)
         info["train_seconds"] = time.perf_counter() - t0
         info["history"] = trainer.history_
+        info["initial_thresholds"] = trainer.thresholds_
         sc.io.atomic_torch_save({"model": ann.state_dict(), "config": asdict(tc)}, path)
+        sc.io.atomic_write_bytes(_sha256(path).encode(), path.with_name(path.name + ".sha256"))
     return ann.eval(), info
 
 
@@ -173,22 +224,41 @@ def _timestep_within(trace: sc.Trace, reference: float) -> int:
     return int(ok[0]) + 1 if ok.numel() else trace.T
 
 
-def policy_results(cfg: BenchConfig, cal: sc.Trace, test: sc.Trace, reference: float) -> dict[str, dict]:
-    """One entry per configured policy: accuracy, mean steps, speed-up, operations saved."""
+def _row(result: sc.CutoffResult, mean_oct: float, acc_T: float, **extra: Any) -> dict:
+    d = result.to_dict()
+    d.update(over_oct=d["mean_steps"] / mean_oct, loss_vs_T=100.0 * (acc_T - d["accuracy"]), **extra)
+    return d
+
+
+def policy_results(cfg: BenchConfig, fit_on: sc.Trace, cal: sc.Trace, test: sc.Trace,
+                   reference: float) -> dict[str, dict]:
+    """One entry per reported rule value and one risk-controlled entry per rule.
+
+    Every rule is calibrated on ``cal`` (held out from training); a risk-controlled rule
+    that learns (``TopKGap``, ``Conformal``, ``LearnedExit``) is fitted on ``fit_on`` and
+    certified on ``cal``. Each entry: accuracy, mean steps, speed-up, operations saved,
+    ``over_oct`` (mean steps / mean OCT) and ``loss_vs_T`` (accuracy points given up
+    against all T steps); risk-controlled ones add ``certified_loss``, ``delta``, the
+    chosen ``value`` and its ``p_value``.
+    """
+    mean_oct = sc.optimal_cutoff(test).mean_steps
+    acc_T = float(test.accuracy_per_step()[-1])
     out: dict[str, dict] = {}
-    if "timestep" in cfg.policies:
-        step = _timestep_within(test, reference)
-        out[f"timestep_{step}"] = sc.Timestep(step).evaluate(test).to_dict()
-    if "topk" in cfg.policies:
-        for eps, r in zip(TOPK_EPSILONS, sc.sweep(sc.TopKGap(search="exact"), cal, test, TOPK_EPSILONS)):
-            out[f"topk_eps{eps:g}"] = r.to_dict()
-        out["topk_grid_eps0"] = sc.TopKGap(0.0, search="grid").fit(cal).evaluate(test).to_dict()
-    if "confidence" in cfg.policies:
-        conf = sc.Confidence(cfg.confidence_epsilon)
-        out[f"confidence_eps{cfg.confidence_epsilon:g}"] = conf.evaluate(test).to_dict()
-    if "conformal" in cfg.policies:
-        out[f"conformal_alpha{cfg.conformal_alpha:g}"] = \
-            sc.Conformal(cfg.conformal_alpha).fit(cal).evaluate(test).to_dict()
+    for family in cfg.policies:
+        if family == "timestep":
+            step = _timestep_within(test, reference)
+            out[f"timestep_{step}"] = _row(sc.Timestep(step).evaluate(test), mean_oct, acc_T)
+        for value in REPORTED.get(family, ()):
+            policy = sc.cutoff.rule(family).with_param(value).fit(cal)
+            out[f"{family}_{policy.param}{value:g}"] = _row(policy.evaluate(test), mean_oct, acc_T)
+        if family == "topk":  # the SNNCutoff code's grid search, for comparison with published figures
+            out["topk_grid_eps0"] = _row(sc.TopKGap(0.0, search="grid").fit(cal).evaluate(test), mean_oct, acc_T)
+        rc = sc.RiskControl(sc.cutoff.rule(family), cfg.max_loss, cfg.delta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sc.NotCertifiedWarning)  # reported as value None below
+            rc.fit(cal, fit_on=fit_on)
+        out[f"risk_{family}"] = _row(rc.evaluate(test), mean_oct, acc_T, certified_loss=rc.certified_loss_,
+                                     delta=rc.delta, value=rc.value_, p_value=rc.p_value_, n_calibration=rc.n_test_)
     return out
 
 
@@ -232,7 +302,7 @@ def networks(cfg: BenchConfig, name: str, split: data.DataSplit, ann: nn.Module 
     """``(net for run, net for step, info)`` of one backend for the configured route."""
     b = backends.get(name)
     info: dict = {}
-    multi = "m" if name == "spikingjelly" else "s"
+    multi = b.preferred_step_mode
     if cfg.route == "convert":
         return b.convert(ann, step_mode=multi), b.convert(ann), info
     # direct training with the framework's LIF neurons, from the shared initial weights
@@ -248,44 +318,54 @@ def networks(cfg: BenchConfig, name: str, split: data.DataSplit, ann: nn.Module 
     return snn, snn, info
 
 
-def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command: str = "") -> dict:
-    """The main job: train or load, build per-backend SNNs, collect traces, compute every figure."""
+def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
+                command: str = "") -> tuple[dict, dict[str, dict[str, sc.Trace]]]:
+    """The main job: train or load, build per-backend SNNs, collect traces, compute every figure.
+
+    Returns ``(results, traces)``: the JSON-ready results and, per backend, its ``train``,
+    ``calibration`` (held out from training) and ``test`` traces (also saved under
+    ``output_dir/traces``)."""
     names = check_config(cfg)
     t_start = time.perf_counter()
     split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
+    split = split.holdout(int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size, cfg.seed)
     encoder = "frames" if split.event else "direct"
-    train, test = split.loaders(cfg.batch_size, shuffle_train=False, seed=cfg.seed)
+    loaders = {"train": split.loader(split.train, cfg.batch_size), "calibration": split.loader(split.calibration,
+               cfg.batch_size), "test": split.loader(split.test, cfg.batch_size)}
     results: dict[str, Any] = {
-        "schema": "snncutoff-bench/compare/1",
+        "schema": "snncutoff-bench/compare/2",
         "command": command,
         "config": {**asdict(cfg), "backends": names},
         "versions": _versions(),
         "seed": cfg.seed,
+        "data": {k: len(v.dataset) for k, v in loaders.items()},
         "backends": {},
     }
     ann = init = None
     if cfg.route == "convert":
         ann, info = trained_ann(cfg, split, quiet)
-        results["ann"] = {**info, "accuracy": ann_accuracy(ann, test, cfg.device)}
+        results["ann"] = {**info, "accuracy": ann_accuracy(ann, loaders["test"], cfg.device)}
         reference = results["ann"]["accuracy"]
     else:
         init = build_ann(cfg, split)
         results["ann"] = None
         reference = None
-    traces_dir = output_dir / "traces"
-    x_time = next(iter(test))[0][: min(cfg.batch_size, 128)].to(cfg.device)
+    traces: dict[str, dict[str, sc.Trace]] = {}
+    x_time = next(iter(loaders["test"]))[0][: min(cfg.batch_size, 128)].to(cfg.device)
     for name in names:
         b = backends.get(name)
         run_net, step_net, info = networks(cfg, name, split, ann, init, quiet)
         run_net, step_net = run_net.to(cfg.device), step_net.to(cfg.device)
         t0 = time.perf_counter()
-        cal = sc.collect_trace(b, run_net, train, cfg.T, encoder=encoder, count_ops=True, device=cfg.device,
-                               progress=not quiet, meta={"split": "train", "model": cfg.model, "dataset": cfg.dataset})
-        tst = sc.collect_trace(b, run_net, test, cfg.T, encoder=encoder, count_ops=True, device=cfg.device,
-                               progress=not quiet, meta={"split": "test", "model": cfg.model, "dataset": cfg.dataset})
+        traces[name] = {
+            part: sc.collect_trace(b, run_net, loader, cfg.T, encoder=encoder, count_ops=True, device=cfg.device,
+                                   progress=not quiet, meta={"split": part, "model": cfg.model, "dataset": cfg.dataset})
+            for part, loader in loaders.items()
+        }
         collect_s = time.perf_counter() - t0
-        cal.save(traces_dir / f"{name}-train.pt")
-        tst.save(traces_dir / f"{name}-test.pt")
+        for part, tr in traces[name].items():
+            tr.save(output_dir / "traces" / f"{name}-{part}.pt")
+        fit_on, cal, tst = (traces[name][k] for k in ("train", "calibration", "test"))
         acc = tst.accuracy_per_step()
         snn_acc = float(acc[-1])
         ref = reference if reference is not None else snn_acc
@@ -295,26 +375,28 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command
             "snn_accuracy": snn_acc,
             "accuracy_per_step": acc.tolist(),
             "oct": sc.optimal_cutoff(tst).to_dict(),
-            "policies": policy_results(cfg, cal, tst, ref),
+            "policies": policy_results(cfg, fit_on, cal, tst, ref),
+            "sweep": sweep_results(cal, tst, cfg.policies),
             "timing": {**step_timing(b, step_net, run_net, x_time, cfg.T), "collect_seconds": collect_s},
             **info,
         }
         if encoder == "frames":  # a static batch cannot time an event network's step path
             entry["timing"] = {"collect_seconds": collect_s}
         results["backends"][name] = entry
-    results["agreement"] = agreement(traces_dir, names)
+    results["agreement"] = agreement({n: t["test"] for n, t in traces.items()})
     results["wall_seconds"] = time.perf_counter() - t_start
-    return results
+    return results, traces
 
 
-def agreement(traces_dir: Path, names: list[str]) -> dict:
+def agreement(tests: dict[str, sc.Trace]) -> dict:
     """Cross-backend agreement on the test traces, against the first backend."""
+    names = list(tests)
     if len(names) < 2:
         return {}
-    first = sc.Trace.load(traces_dir / f"{names[0]}-test.pt")
+    first = tests[names[0]]
     out = {}
     for other in names[1:]:
-        tr = sc.Trace.load(traces_dir / f"{other}-test.pt")
+        tr = tests[other]
         same = (first.predictions() == tr.predictions()).all(dim=0)
         out[f"{names[0]}~{other}"] = {
             "identical_predictions_every_step": float(same.double().mean()),
@@ -334,24 +416,15 @@ def write_results(results: dict, output_dir: Path) -> Path:
     return atomic_write_json(results, output_dir / "results.json")
 
 
-SWEEP_EPSILONS = (0.0, 1e-5, 1e-4, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
-SWEEP_ALPHAS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)
-
-
 def sweep_results(cal: sc.Trace, test: sc.Trace, families: tuple[str, ...] = POLICIES,
-                  epsilons: tuple[float, ...] = SWEEP_EPSILONS,
-                  alphas: tuple[float, ...] = SWEEP_ALPHAS) -> dict[str, list[dict]]:
-    """Accuracy / mean-exit-step points of each policy family over its hyper-parameter, from traces."""
-    out: dict[str, list[dict]] = {}
-    if "timestep" in families:
-        out["timestep"] = sc.sweep(sc.Timestep(1), None, test, range(1, test.T + 1))
-    if "topk" in families:
-        out["topk"] = sc.sweep(sc.TopKGap(), cal, test, epsilons)
-    if "confidence" in families:
-        out["confidence"] = sc.sweep(sc.Confidence(), None, test, epsilons)
-    if "conformal" in families:
-        out["conformal"] = sc.sweep(sc.Conformal(), cal, test, alphas)
-    return {k: [r.to_dict() for r in v] for k, v in out.items()}
+                  values: dict[str, tuple] | None = None) -> dict[str, list[dict]]:
+    """Accuracy / mean-exit-step points of each rule over its parameter (``risk_grid`` by default), from traces."""
+    out = {}
+    for family in families:
+        rule = sc.cutoff.rule(family)
+        grid = (values or {}).get(rule.param) or rule.risk_grid(test.T)
+        out[family] = [r.to_dict() for r in sc.sweep(rule, cal, test, grid)]
+    return out
 
 
 def pareto_front(points: list[dict]) -> list[dict]:

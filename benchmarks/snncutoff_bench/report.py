@@ -7,6 +7,14 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
 
+def _certified(r: dict) -> str:
+    if "certified_loss" not in r:
+        return ""
+    if r.get("value") is None:
+        return "nothing certifiable: all T steps"
+    return f"<= {100 * r['certified_loss']:g} pt (p={r['p_value']:.2g}, value {r['value']:g})"
+
+
 def compare_table(results: dict) -> str:
     """The compare report: one row per backend and policy, then timings and agreement."""
     cfg = results["config"]
@@ -15,16 +23,26 @@ def compare_table(results: dict) -> str:
         cached = " (cached checkpoint)" if results["ann"].get("cached") else ""
         lines.append(f"ANN accuracy: {_pct(results['ann']['accuracy'])}{cached}")
         lines.append("")
-    lines += ["| backend | policy | accuracy | mean steps | speed-up | ops saved |",
-              "|---|---|---:|---:|---:|---:|"]
+    data = results.get("data")
+    if data:
+        lines.append(f"Samples: {data['train']} train, {data['calibration']} calibration (held out from training; "
+                     f"every rule is calibrated there), {data['test']} test. Risk control: loss vs all T steps "
+                     f"<= {100 * cfg['max_loss']:g} pt with probability >= {1 - cfg['delta']:g}.")
+        lines.append("")
+    lines += ["| backend | policy | accuracy | mean steps | x OCT | loss vs T (pt) | speed-up | ops saved "
+              "| certified |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, e in results["backends"].items():
+        mean_oct = e["oct"]["mean_steps"]
         rows = [("all T steps (SNN accuracy)", {"accuracy": e["snn_accuracy"], "mean_steps": cfg["T"],
+                                                  "over_oct": cfg["T"] / mean_oct, "loss_vs_T": 0.0,
                                                   "speedup": 1.0, "ops_saved": 0.0})]
-        rows.append(("OCT (oracle)", e["oct"]))
+        rows.append(("OCT (oracle)", {**e["oct"], "over_oct": 1.0, "loss_vs_T": 0.0}))
         rows += list(e["policies"].items())
         for pol, r in rows:
             lines.append(f"| {name} | {pol} | {_pct(r['accuracy'])} | {r['mean_steps']:.2f} | "
-                         f"{r['speedup']:.2f}x | {_pct(r.get('ops_saved'))} |")
+                         f"{r.get('over_oct', float('nan')):.2f}x | {r.get('loss_vs_T', float('nan')):+.2f} | "
+                         f"{r['speedup']:.2f}x | {_pct(r.get('ops_saved'))} | {_certified(r)} |")
     lines += ["", "| backend | version | run ms/step | step ms/step | trace collection s |", "|---|---|---:|---:|---:|"]
     for name, e in results["backends"].items():
         t = e.get("timing", {})

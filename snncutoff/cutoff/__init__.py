@@ -25,5 +25,26 @@ from .stability import Stability
 from .timestep import Timestep
 from .topk import TopKGap
 
-__all__ = ["Confidence", "Conformal", "CutoffPolicy", "Entropy", "LearnedExit", "NotCertifiedWarning",
-           "RiskControl", "Stability", "Timestep", "TopKGap", "sweep"]
+#: the rules by name (what ``snncutoff-bench --policies`` takes); :func:`register` adds one
+RULES: dict[str, type[CutoffPolicy]] = {
+    "timestep": Timestep, "topk": TopKGap, "confidence": Confidence, "entropy": Entropy,
+    "conformal": Conformal, "stability": Stability, "learned": LearnedExit,
+}
+
+
+def register(name: str, rule: type[CutoffPolicy]) -> None:
+    """Make a rule class available by ``name`` (it must construct with default arguments)."""
+    if not (isinstance(rule, type) and issubclass(rule, CutoffPolicy)):
+        raise TypeError(f"rule must be a CutoffPolicy subclass, got {rule!r}")
+    RULES[name] = rule
+
+
+def rule(name: str, **params) -> CutoffPolicy:
+    """A new rule by name (``rule("topk", epsilon=0.01)``); the message lists the names when unknown."""
+    if name not in RULES:
+        raise ValueError(f"unknown cutoff rule {name!r}; choose one of {', '.join(RULES)}")
+    return RULES[name](**params)
+
+
+__all__ = ["RULES", "Confidence", "Conformal", "CutoffPolicy", "Entropy", "LearnedExit", "NotCertifiedWarning",
+           "RiskControl", "Stability", "Timestep", "TopKGap", "register", "rule", "sweep"]

@@ -34,7 +34,7 @@ class Timestep(CutoffPolicy):
     needs_fit = False
     min_classes = 1
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int = 1) -> None:
         self.step = check_positive_int("step", step)
 
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:

@@ -1,22 +1,16 @@
-"""Backends: the contract an adapter implements (:class:`Backend`) and the registry.
+"""``Backend``: the contract an adapter implements, and the machinery built once on it.
 
-:class:`Backend` holds the shared logic of the contract (DESIGN.md); an adapter
-subclasses it and fills in a few framework hooks. Adapters register under the
-entry-point group ``snncutoff.backends`` in their package metadata (snncutoff's own
-``pyproject.toml`` registers ``spikingjelly`` and ``snntorch``), so a third party adds
-Norse, Sinabs or Lava-dl by shipping a package with::
-
-    [project.entry-points."snncutoff.backends"]
-    norse = "snncutoff_norse:NorseBackend"
-
-The entry point names a zero-argument factory (usually the backend class). The core
-never imports a framework: loading a backend imports only its adapter module, and
-the adapter imports its framework lazily.
+A framework adapter subclasses :class:`Backend` and implements its abstract hooks (what
+only the framework knows: its neurons, which modules hold state, how to reset, shrink
+and grow that state); every contract method of DESIGN.md — ``convert``, ``reset``,
+``step``, ``run``, ``run_block``, ``select``, ``admit``, ``reset_rows``, ``record`` — is
+written here on top of them. :func:`snncutoff.testing.check_backend` tells an adapter
+author whether their backend keeps the contract.
 """
 
 from __future__ import annotations
 
-import importlib.metadata as md
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -24,21 +18,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .convert import ConvertedActivation, convert_ann
-from .layers import TEBN
-from .record import Recorder
-from .spec import IF, LIF
-
-GROUP = "snncutoff.backends"
-
-_registered: dict[str, Callable[[], Any]] = {}
-_instances: dict[str, Any] = {}
-
+from ..convert import ConvertedActivation, convert_ann
+from ..layers import TEBN
+from ..record import Recorder
+from ..spec import IF, LIF
 
 Readout = str | Callable[[Any], Tensor]
 
 
-class Backend:
+class Backend(ABC):
     """What an adapter implements (DESIGN.md, "The backend contract"), and the shared logic.
 
     Adapters subclass this and implement the framework hooks in the first block; the
@@ -58,8 +46,15 @@ class Backend:
     name: ClassVar[str] = "backend"
     #: what to tell a user whose framework is missing
     install_hint: ClassVar[str] = ""
+    #: what the framework's neurons are, for a user whose network holds none
+    neuron_hint: ClassVar[str] = ""
+    #: the step modes :meth:`convert` offers (``"s"``: one step per call; ``"m"``: ``[T, N, ...]`` per call)
+    step_modes: ClassVar[tuple[str, ...]] = ("s",)
+    #: the mode to run whole sequences in (trace collection, training) where the framework has a choice
+    preferred_step_mode: ClassVar[str] = "s"
 
     # ------------------------------------------------------- framework hooks
+    @abstractmethod
     def framework(self) -> Any:
         """Import the framework (lazily) and return what the adapter uses of it."""
         raise NotImplementedError
@@ -80,33 +75,40 @@ class Backend:
         except (NotImplementedError, ImportError):
             return None
 
+    @abstractmethod
     def if_neuron(self, threshold: float, v_init: float) -> nn.Module:
         """Integrate-and-fire, soft reset, emitting ``threshold * spike``; ``V_0 = v_init * threshold``."""
         raise NotImplementedError
 
     def lif_neuron(self, spec: LIF) -> nn.Module:
-        """A trainable LIF neuron (surrogate gradient) of the framework."""
-        raise NotImplementedError
+        """A trainable LIF neuron (surrogate gradient) of the framework (direct training; optional)."""
+        raise NotImplementedError(f"backend {self.name!r} has no trainable LIF neuron (direct training)")
 
+    @abstractmethod
     def is_spiking(self, module: nn.Module) -> bool:
         """Whether ``module`` is one of the framework's spiking neurons."""
         raise NotImplementedError
 
+    @abstractmethod
     def is_stateful(self, module: nn.Module) -> bool:
         """Whether ``module`` holds state across steps (reset and select act on these)."""
         raise NotImplementedError
 
+    @abstractmethod
     def reset_module(self, module: nn.Module) -> None:
         """Forget ``module``'s state (back to its initial membrane)."""
         raise NotImplementedError
 
+    @abstractmethod
     def select_module(self, module: nn.Module, keep: Tensor) -> None:
         """Keep only the batch rows ``keep`` of ``module``'s state."""
         raise NotImplementedError
 
     def admit_module(self, module: nn.Module, n: int) -> None:
-        """Append ``n`` batch rows in the initial state to ``module``'s state (if it has any yet)."""
-        raise NotImplementedError
+        """Append ``n`` batch rows in the initial state to ``module``'s state (if it has any yet).
+
+        Needed by continuous batching (``early_exit_loader(refill=True)``) only."""
+        raise NotImplementedError(f"backend {self.name!r} cannot add samples to a running batch: use refill=False")
 
     def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
         """Put batch rows ``rows`` (of the ``n`` in ``module``'s state) back in the initial state.
@@ -135,6 +137,34 @@ class Backend:
     def takes_sequences(self, module: nn.Module) -> bool:
         """Whether a spiking layer's forward consumes and returns ``[T, N, ...]`` sequences."""
         return False
+
+    def processes_sequences(self, module: nn.Module) -> bool:
+        """Whether ``module`` computes a whole ``[T, N, ...]`` sequence at once, keeping no state from one
+        call to the next (a parallel or kernel neuron: its output at step t depends on the sequence it
+        is given). A network holding one runs whole sequences only: no early exit, no step loop.
+        snncutoff's own :class:`~snncutoff.layers.TEBN` is one (its scale depends on the step index)."""
+        return isinstance(module, TEBN)
+
+    def check_network(self, net: nn.Module) -> None:
+        """Refuse a network in which this backend finds no neuron (wrong backend, or a neuron of its own
+        kind whose state snncutoff could neither reset nor shrink), naming the backend that knows it."""
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        mods = list(net.modules())
+        if any(self.is_stateful(m) or self.is_spiking(m) or self.processes_sequences(m) for m in mods):
+            return
+        from .registry import recognising
+
+        other = recognising(net, exclude=self.name)
+        if other:
+            raise ValueError(f"{type(net).__name__} holds {other[1]} neurons ({other[2]}), not {self.name} ones: "
+                             f"pass backend={other[0]!r}")
+        raise ValueError(
+            f"found no {self.name} neuron in {type(net).__name__}: snncutoff resets and shrinks neuron state "
+            "only through its backend, so the network's state would leak from one batch (or sample) to the next. "
+            f"A converted network comes from backend.convert(ann); a network of your own must use {self.name}'s "
+            f"neurons{': ' + self.neuron_hint if self.neuron_hint else ''}"
+        )
 
     def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
         """Swap a stateless layer for the framework's version (conversion, multi-step)."""
@@ -244,6 +274,13 @@ class Backend:
             v = self.membrane_of(layers[-1][1]) if layers else None
             if v is None:
                 raise ValueError("readout='membrane': the last spiking layer exposes no membrane; pass a callable")
+            if isinstance(out, Tensor) and v.shape != out.shape:
+                raise ValueError(
+                    f"readout='membrane' reads the membrane of the last spiking layer ('{layers[-1][0]}', "
+                    f"{list(v.shape)}), but the network's output is {list(out.shape)}: layers after that neuron "
+                    "(a voting or linear layer) compute the output from its spikes. Use the default spike readout, "
+                    "or pass readout= a callable that picks what to accumulate"
+                )
             return v
         raise ValueError(f"readout must be 'auto', 'spikes', 'membrane' or a callable, got {readout!r}")
 
@@ -335,70 +372,3 @@ class Backend:
             yield rec
         finally:
             rec.detach()
-
-
-def register(name: str, factory: Callable[[], Any]) -> None:
-    """Register a backend in this process (entry points need no call to this)."""
-    _registered[name] = factory
-    _instances.pop(name, None)
-
-
-# the adapters shipped with snncutoff, used when run from a source tree that was not
-# pip-installed (no entry points registered); an installed entry point takes precedence
-_BUILTIN = {
-    "spikingjelly": "snncutoff_spikingjelly:SpikingJellyBackend",
-    "snntorch": "snncutoff_snntorch:SnnTorchBackend",
-}
-
-
-def _entry_points() -> dict[str, md.EntryPoint]:
-    found = {ep.name: ep for ep in md.entry_points(group=GROUP)}
-    for name, target in _BUILTIN.items():
-        if name not in found:
-            found[name] = md.EntryPoint(name, target, GROUP)
-    return found
-
-
-def names() -> list[str]:
-    """Names of every registered backend, installed or not, sorted."""
-    return sorted(set(_entry_points()) | set(_registered))
-
-
-def get(name: str) -> Any:
-    """The backend called ``name`` (one shared instance per process).
-
-    Raises:
-        KeyError: no backend of that name is registered (the message lists those that are).
-        ImportError: the backend exists but its framework is not installed (says what to install).
-    """
-    if name not in _instances:
-        if name in _registered:
-            factory = _registered[name]
-        else:
-            eps = _entry_points()
-            if name not in eps:
-                raise KeyError(f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'}")
-            try:
-                factory = eps[name].load()
-            except ImportError as exc:
-                raise ImportError(f"backend {name!r} could not be loaded: {exc}") from exc
-        backend = factory()
-        ok, why = backend.available()
-        if not ok:
-            raise ImportError(f"backend {name!r} is not usable: {why}")
-        _instances[name] = backend
-    return _instances[name]
-
-
-def resolve(backend: Any) -> Any:
-    """``backend`` itself, or the registered backend when given its name (see :func:`get`)."""
-    return get(backend) if isinstance(backend, str) else backend
-
-
-def available(name: str) -> tuple[bool, str]:
-    """``(True, "")`` if ``get(name)`` would succeed, else ``(False, reason)``."""
-    try:
-        get(name)
-    except (KeyError, ImportError) as exc:
-        return False, str(exc.args[0]) if exc.args else type(exc).__name__
-    return True, ""
