@@ -124,11 +124,15 @@ class RiskControl(CutoffPolicy):
             it), unless ``fit`` is given ``fit_on``.
         grid: values of the rule's parameter to test, most conservative first (default
             ``policy.risk_grid(T)``).
+        delay: test first the most conservative value with no exit before step s, for s from T
+            down to 2 (so a rule whose most conservative value is already too aggressive can
+            still be certified from some step on), then every value from step 1.
         seed: seed of the fit / test split.
 
     Attributes (after ``fit``):
         value_: the certified value of the rule's parameter (None: nothing certified, all T steps).
-        p_value_: its p-value; ``p_values_``, ``risks_``: of every value tested (``risks_``: the
+        start_: the first step at which it lets samples exit (1: no delay).
+        p_value_: its p-value; ``p_values_``, ``risks_``: of every member tested (``risks_``: the
             empirical flip or error rate on the test samples), in order, up to the first failure.
         certified_loss_: the bound certified (``max_loss``; 0 with the relative loss when nothing
             was certified and every sample runs to T; None for the absolute loss then).
@@ -141,7 +145,7 @@ class RiskControl(CutoffPolicy):
 
     def __init__(self, policy: CutoffPolicy, max_loss: float = 0.005, delta: float = 0.1, loss: str = "relative",
                  method: str = "binomial", fit_fraction: float = 0.5, grid: Sequence[Any] | None = None,
-                 seed: int = 0) -> None:
+                 delay: bool = True, seed: int = 0) -> None:
         if not isinstance(policy, CutoffPolicy) or isinstance(policy, RiskControl):
             raise TypeError(f"policy must be a cutoff rule such as TopKGap() (not RiskControl), got {policy!r}")
         if not isinstance(getattr(policy, "param", None), str):
@@ -164,6 +168,7 @@ class RiskControl(CutoffPolicy):
             for v in grid:
                 policy.with_param(v)  # validates each value
         self.grid = grid
+        self.delay = bool(delay)
         self.seed = int(seed)
         # the wrapped rule's comparison, state and class requirements
         self.strict, self.score_max = policy.strict, policy.score_max
@@ -173,7 +178,8 @@ class RiskControl(CutoffPolicy):
         rule = ", ".join(f"{k}={v!r}" for k, v in self.policy.get_params().items() if k != self.policy.param)
         chosen = ""
         if "value_" in self.__dict__:
-            chosen = f" -> {self.policy.param}={self.value_!r}" if self.value_ is not None else " -> all T steps"
+            start = f" from step {self.start_}" if self.start_ and self.start_ > 1 else ""
+            chosen = f" -> {self.policy.param}={self.value_!r}{start}" if self.value_ is not None else " -> all T steps"
         return (f"RiskControl({type(self.policy).__name__}({rule}), max_loss={self.max_loss:g}, delta={self.delta:g}, "
                 f"loss={self.loss!r}, method={self.method!r}){chosen}")
 
@@ -183,8 +189,12 @@ class RiskControl(CutoffPolicy):
             raise AttributeError(f"{self!r} is not fitted: call fit(calibration_trace)")
         return self.rule_
 
-    def _test_losses(self, calibration: Trace, fit_on: Trace | None) -> tuple[list[Any], Tensor, Tensor, int]:
-        """Fit the wrapped rule, test every grid value: ``(values, thresholds [E, T], unit losses [E], n)``."""
+    def _test_losses(self, calibration: Trace, fit_on: Trace | None) -> tuple[list[tuple[int, Any]], Tensor, Tensor,
+                                                                               int]:
+        """Fit the wrapped rule and test every member of the sequence.
+
+        Returns ``(members, thresholds [M, T], unit losses [M], n)``; member ``(start, value)`` is the
+        rule at ``value`` with no exit before step ``start`` (a NaN threshold before it)."""
         T = calibration.T
         rule = self.policy.with_param(self.policy.risk_grid(T)[0] if self.grid is None else self.grid[0])
         values = list(self.grid) if self.grid is not None else rule.risk_grid(T)
@@ -206,18 +216,22 @@ class RiskControl(CutoffPolicy):
                 f"max_loss={self.max_loss:g} at delta={self.delta:g} needs at least {need} even with no loss at all; "
                 "calibrate on more held-out samples (or pass fit_on=, or raise max_loss / delta)"
             )
-        thresholds = rule._thresholds(fit_part, values, T)  # [E, T]
+        by_value = rule._thresholds(fit_part, values, T)  # [E, T]
+        members = [(s, 0) for s in (range(T, 1, -1) if self.delay else ())] + [(1, i) for i in range(len(values))]
+        thresholds = by_value[[i for _, i in members]].clone()
+        for m, (start, _) in enumerate(members):
+            thresholds[m, : start - 1] = math.nan  # no exit before ``start``
         scores = rule._trace_scores(test_part)
         exits = torch.cat([first_exit(rule._passes(scores, thr.unsqueeze(-1))) for thr in thresholds.split(8)])
         rows = torch.arange(test_part.N, device=exits.device)
-        wrong = test_part.predictions()[exits - 1, rows] != test_part.labels  # [E, n]
+        wrong = test_part.predictions()[exits - 1, rows] != test_part.labels  # [M, n]
         if self.loss == "relative":
             wrong &= test_part.correct()[-1]  # flips: wrong at exit, right at T
         self.rule_ = rule
-        return values, thresholds, wrong.sum(dim=1), test_part.N
+        return [(start, values[i]) for start, i in members], thresholds, wrong.sum(dim=1), test_part.N
 
-    def _select(self, values: list[Any], counts: Tensor, n: int, max_loss: float) -> tuple[int, list[float]]:
-        """Fixed-sequence testing: index of the last value rejected before the first that is not (-1: none)."""
+    def _select(self, counts: Tensor, n: int, max_loss: float) -> tuple[int, list[float]]:
+        """Fixed-sequence testing: index of the last member rejected before the first that is not (-1: none)."""
         p = p_values(counts, n, max_loss, self.method)
         chosen = -1
         for i, pv in enumerate(p):
@@ -230,7 +244,7 @@ class RiskControl(CutoffPolicy):
         return torch.full((T,), math.nan, dtype=torch.float64)  # a NaN threshold never passes: all T steps
 
     def fit(self, calibration: Trace, fit_on: Trace | None = None) -> RiskControl:
-        """Certify the most aggressive value of the wrapped rule on held-out ``calibration`` data.
+        """Certify the most aggressive member of the wrapped rule's sequence on held-out ``calibration`` data.
 
         Args:
             calibration: a trace of samples the network was not trained on.
@@ -238,23 +252,24 @@ class RiskControl(CutoffPolicy):
                 sample tests it); default: a seeded ``fit_fraction`` of ``calibration``.
         """
         self._check_trace(calibration)
-        values, thresholds, counts, n = self._test_losses(calibration, fit_on)
-        chosen, p = self._select(values, counts, n, self.max_loss)
+        members, thresholds, counts, n = self._test_losses(calibration, fit_on)
+        chosen, p = self._select(counts, n, self.max_loss)
         self.p_values_ = p
         self.risks_ = [c / n for c in counts.tolist()[: len(p)]]
         self.n_test_ = n
         self.T_, self.C_ = calibration.T, calibration.C
         if chosen < 0:
-            self.value_, self.p_value_ = None, p[0]
+            self.value_, self.start_, self.p_value_ = None, None, p[0]
             self.thresholds_ = self._never(calibration.T)
             self.certified_loss_ = 0.0 if self.loss == "relative" else None
             warnings.warn(
-                f"{self!r}: no value of {self.policy.param} could be certified on {n} samples (the most "
-                f"conservative, {values[0]!r}, has p-value {p[0]:.3g} > delta): every sample runs all "
-                f"{calibration.T} steps. Calibrate on more held-out samples, or raise max_loss / delta.",
-                NotCertifiedWarning, stacklevel=2)
+                f"{self!r}: nothing could be certified on {n} samples (the most conservative member, "
+                f"{self.policy.param}={members[0][1]!r} from step {members[0][0]}, has p-value {p[0]:.3g} > delta): "
+                f"every sample runs all {calibration.T} steps. Calibrate on more held-out samples, or raise "
+                "max_loss / delta.", NotCertifiedWarning, stacklevel=2)
         else:
-            self.value_, self.p_value_ = values[chosen], p[chosen]
+            self.start_, self.value_ = members[chosen]
+            self.p_value_ = p[chosen]
             self.thresholds_ = thresholds[chosen]
             self.certified_loss_ = self.max_loss
         return self
@@ -273,11 +288,11 @@ class RiskControl(CutoffPolicy):
         return self.policy._state_scan(state, outputs)
 
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int | None) -> Tensor:
-        """``[E, T]`` certified thresholds for E values of ``max_loss`` (one test of the grid serves all)."""
-        grid, thresholds, counts, n = self._test_losses(calibration, None)
+        """``[E, T]`` certified thresholds for E values of ``max_loss`` (one test of the sequence serves all)."""
+        _, thresholds, counts, n = self._test_losses(calibration, None)
         rows = []
         for v in values:
-            chosen, _ = self._select(grid, counts, n, _open_unit("max_loss", v))
+            chosen, _ = self._select(counts, n, _open_unit("max_loss", v))
             rows.append(thresholds[chosen] if chosen >= 0 else self._never(T).to(thresholds))
         return torch.stack(rows)
 
