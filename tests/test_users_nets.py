@@ -213,3 +213,274 @@ def test_snntorch_synaptic_neurons_and_rate_coding():
     keep = torch.tensor([3, 1])
     backend.select(net, keep)
     assert torch.equal(backend.run(net, x_seq[2:, keep]), full[2:, keep])
+
+
+# ------------------------------------------------------------------ residual ANNs as people write them
+class _CifarBlock(nn.Module):
+    """The basic block of SpikingJelly's ann2snn CIFAR-10 ResNet sample: an empty nn.Sequential() is the
+    identity shortcut, a 1x1 conv + BN the projection one, one ReLU module per call site."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return self.relu2(out)
+
+
+class _SnncutoffBlock(nn.Module):
+    """The basic block of the SNNCutoff code: a residual_function Sequential with an in-place ReLU, an
+    empty nn.Sequential() shortcut, relu(residual + shortcut)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.residual_function = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
+                                               nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, 1, 1, bias=False),
+                                               nn.BatchNorm2d(c))
+        self.shortcut = nn.Sequential()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.residual_function(x) + self.shortcut(x))
+
+
+def _resnet(block: str) -> nn.Module:
+    torch.manual_seed(0)
+    if block == "cifar":
+        blocks = [_CifarBlock(8, 8), _CifarBlock(8, 16, 2)]
+    else:
+        blocks = [_SnncutoffBlock(8), _SnncutoffBlock(8)]
+    width = 16 if block == "cifar" else 8
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), *blocks,
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+    with torch.no_grad():  # BN statistics of a trained net, roughly
+        net.train()
+        net(torch.cat([b[0] for b in DATA]))
+    return net.eval()
+
+
+@pytest.mark.parametrize("block", ["cifar", "snncutoff"])
+def test_residual_anns_with_empty_sequential_shortcuts_convert_identically(block):
+    ann = _resnet(block)
+    nets = {"spikingjelly-s": sc.backends.get("spikingjelly").convert(ann, calibration=DATA),
+            "spikingjelly-m": sc.backends.get("spikingjelly").convert(ann, calibration=DATA, step_mode="m"),
+            "snntorch": sc.backends.get("snntorch").convert(ann, calibration=DATA)}
+    traces = {k: sc.collect_trace(k.split("-")[0], v, DATA, T=16, count_ops=True, progress=False)
+              for k, v in nets.items()}
+    first = traces["spikingjelly-s"]
+    for k, tr in traces.items():
+        assert torch.equal(tr.outputs, first.outputs) and torch.equal(tr.ops, first.ops), k
+    with torch.no_grad():  # the SNN computes what the ANN computes, near enough at T = 16
+        agree = (first.predictions()[-1] == ann(torch.cat([b[0] for b in DATA])).argmax(-1)).double().mean()
+    assert agree >= 0.8
+    policy = sc.TopKGap(0.0).fit(first)
+    post = policy.evaluate(first)
+    for k, net in nets.items():
+        real = sc.early_exit_loader(k.split("-")[0], net, DATA, policy, count_ops=True, progress=False)
+        assert torch.equal(real.exit_step, post.exit_step) and torch.equal(real.predictions, post.predictions), k
+
+
+# ------------------------------------------------------------------ networks snncutoff must refuse clearly
+def test_a_network_run_with_the_wrong_backend_is_named():
+    functional, layer, neuron, surrogate = _sj()
+    sj_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), neuron.IFNode())
+    with pytest.raises(ValueError, match="pass backend='spikingjelly'"):
+        sc.collect_trace("snntorch", sj_net, DATA, T=4, progress=False)
+    snn_net = snntorch_sequential_net()
+    with pytest.raises(ValueError, match="pass backend='snntorch'"):
+        sc.early_exit("spikingjelly", snn_net, DATA[0][0], sc.Confidence(0.5), T=4)
+
+    class Plain(nn.Module):
+        """A neuron of the user's own, holding its membrane in a plain attribute."""
+
+        def __init__(self):
+            super().__init__()
+            self.v = None
+
+        def forward(self, x):
+            self.v = x if self.v is None else self.v + x
+            return (self.v > 1).float()
+
+    with pytest.raises(ValueError, match="found no snntorch neuron in Sequential.*state would leak"):
+        sc.collect_trace("snntorch", nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Plain()), DATA, T=4,
+                         progress=False)
+
+
+def snntorch_sequential_net():
+    snn = _snntorch()
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), snn.Leaky(beta=0.9, init_hidden=True),
+                         nn.Linear(32, 10), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+
+
+def test_membrane_readout_is_refused_where_layers_follow_the_last_neuron():
+    functional, layer, neuron, surrogate = _sj()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 100), neuron.LIFNode(), layer.VotingLayer(10))
+    with pytest.raises(ValueError, match=r"membrane of the last spiking layer .* \[32, 100\].* output is \[32, 10\]"):
+        sc.collect_trace("spikingjelly", net, DATA, T=4, readout="membrane", progress=False)
+    assert sc.collect_trace("spikingjelly", net, DATA, T=4, progress=False).C == 10  # spikes: fine
+
+
+def test_whole_sequence_neurons_run_in_one_call_and_early_exit_refuses_them():
+    snn = _snntorch()
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        """snnTorch's LeakyParallel example: [T, N, features] in, [T, N, classes] out."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 32)
+            self.lif1 = snn.LeakyParallel(input_size=32, hidden_size=10)
+
+        def forward(self, x):
+            return self.lif1(self.fc(x.flatten(2)))
+
+    net = Net().eval()
+    backend = sc.backends.get("snntorch")
+    assert backend.is_multistep(net)
+    trace = sc.collect_trace(backend, net, DATA, T=6, progress=False)  # one call per batch, detected
+    with torch.no_grad():
+        expected = net(DATA[0][0].unsqueeze(0).expand(6, *DATA[0][0].shape))
+    assert torch.equal(trace.per_step_outputs()[:, :32], expected)
+    with pytest.raises(ValueError, match="LeakyParallel, which computes a whole sequence per call"):
+        sc.early_exit(backend, net, DATA[0][0], sc.Confidence(0.5), T=6)
+    functional, layer, neuron, surrogate = _sj()
+    psn = nn.Sequential(layer.Flatten(step_mode="m"), layer.Linear(64, 10, step_mode="m"), neuron.PSN(T=6))
+    with pytest.raises(ValueError, match="PSN, which computes a whole sequence"):
+        sc.early_exit("spikingjelly", psn, DATA[0][0], sc.Confidence(0.5), T=6)
+    assert sc.collect_trace("spikingjelly", psn, DATA, T=6, progress=False).T == 6
+
+
+def test_memories_a_refill_cannot_split_are_refused_with_the_module_named():
+    functional, layer, neuron, surrogate = _sj()
+    from spikingjelly.activation_based import base
+
+    class Counting(base.MemoryModule):
+        """A module counting the steps of the whole batch (a memory shared by every sample)."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_memory("t", 0)
+
+        def single_step_forward(self, x):
+            self.t += 1
+            return x
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Counting(), neuron.IFNode(v_threshold=0.5))
+    policy = sc.Confidence(0.5)
+    loader = [(x, y) for x, y in DATA]
+    with pytest.raises(ValueError, match="Counting memory 't' is shared by the whole batch"):
+        sc.early_exit_loader("spikingjelly", net, loader, policy, T=8, refill=True, capacity=16, progress=False)
+    sliding = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), neuron.SlidingPSN(k=2))
+    with pytest.raises(ValueError, match="SlidingPSN keeps 'queue', a queue of past inputs"):
+        sc.early_exit("spikingjelly", sliding, DATA[0][0], sc.TopKGap(0.0).fit(
+            sc.collect_trace("spikingjelly", sliding, DATA, T=6, progress=False)), T=6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "elementwise"])
+def test_spikingjelly_recurrent_containers_refill_exactly(kind):
+    functional, layer, neuron, surrogate = _sj()
+    torch.manual_seed(0)
+    if kind == "linear":
+        rec = layer.LinearRecurrentContainer(neuron.IFNode(v_threshold=0.5), in_features=16, out_features=16)
+    else:
+        rec = layer.ElementWiseRecurrentContainer(neuron.IFNode(v_threshold=0.5), element_wise_function=torch.add)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), rec, nn.Linear(16, 10), neuron.IFNode(v_threshold=0.3))
+    trace = sc.collect_trace("spikingjelly", net, DATA, T=10, progress=False)
+    policy = sc.Confidence(0.6)
+    post = policy.evaluate(trace)
+    assert 1 < post.mean_steps < 10
+    for refill in (False, True):
+        real = sc.early_exit_loader("spikingjelly", net, DATA, policy, T=10, refill=refill, capacity=12,
+                                    progress=False)
+        assert torch.equal(real.exit_step, post.exit_step) and torch.equal(real.predictions, post.predictions)
+
+
+@pytest.mark.parametrize("neuron_kind", ["Synaptic", "RLeaky", "RSynaptic", "Alpha", "Lapicque"])
+def test_snntorch_neurons_keep_their_state_through_select_and_refill(neuron_kind):
+    snn = _snntorch()
+    torch.manual_seed(0)
+    make = {
+        "Synaptic": lambda out: snn.Synaptic(alpha=0.8, beta=0.9, threshold=0.5, init_hidden=True, output=out),
+        "RLeaky": lambda out: snn.RLeaky(beta=0.9, linear_features=16 if not out else 10, threshold=0.5,
+                                         init_hidden=True, output=out),
+        "RSynaptic": lambda out: snn.RSynaptic(alpha=0.8, beta=0.9, linear_features=16 if not out else 10,
+                                               threshold=0.5, init_hidden=True, output=out),
+        "Alpha": lambda out: snn.Alpha(alpha=0.9, beta=0.8, threshold=0.3, init_hidden=True, output=out),
+        "Lapicque": lambda out: snn.Lapicque(beta=0.9, threshold=0.5, init_hidden=True, output=out),
+    }[neuron_kind]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), make(False), nn.Linear(16, 10), make(True))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(3)
+    trace = sc.collect_trace("snntorch", net, DATA, T=10, progress=False)
+    policy = sc.TopKGap(0.0).fit(trace)
+    post = policy.evaluate(trace)
+    for refill in (False, True):
+        real = sc.early_exit_loader("snntorch", net, DATA, policy, refill=refill, capacity=12, progress=False)
+        assert torch.equal(real.exit_step, post.exit_step), (neuron_kind, refill)
+        assert torch.equal(real.predictions, post.predictions), (neuron_kind, refill)
+
+
+# ------------------------------------------------------------------ contract errors that say what to do
+def test_early_exit_explains_networks_it_cannot_step():
+    snn = _snntorch()
+
+    class LoopNet(nn.Module):
+        """snnTorch tutorial 5: forward loops over num_steps and returns stacked records."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(64, 10), snn.Leaky(beta=0.95)
+
+        def forward(self, x):
+            mem, rec = self.lif1.init_leaky(), []
+            for _ in range(5):
+                spk, mem = self.lif1(self.fc1(x.flatten(1)), mem)
+                rec.append(spk)
+            return torch.stack(rec)
+
+    with pytest.raises(ValueError, match="loop over time itself.*collect_trace\\(..., encoder='none'"):
+        sc.early_exit("snntorch", LoopNet(), DATA[0][0], sc.Confidence(0.5), T=5)
+
+    class FixedBatch(nn.Module):
+        """snnTorch tutorial 6's class network: reshapes with a fixed batch size."""
+
+        def __init__(self, batch_size: int):
+            super().__init__()
+            self.batch_size = batch_size
+            self.fc1, self.lif1 = nn.Linear(64, 10), snn.Leaky(beta=0.5, threshold=0.2, init_hidden=True)
+
+        def forward(self, x):
+            return self.lif1(self.fc1(x.view(self.batch_size, -1)))
+
+    net = FixedBatch(32)
+    trace = sc.collect_trace("snntorch", net, DATA, T=6, progress=False)
+    policy = sc.Confidence(0.15)
+    assert 1 < policy.evaluate(trace).mean_steps < 6  # some samples exit, so the batch shrinks
+    with pytest.raises(ValueError, match=r"drops samples from the batch.*x.flatten\(1\)"):
+        sc.early_exit("snntorch", net, DATA[0][0], policy, T=6)
+
+
+def test_a_wrapper_module_around_a_sequential_runs_as_it_is():
+    """The tutorial's CSNN object itself (not only its .conv_fc) goes through every form."""
+    net = _csnn("s")
+    trace = sc.collect_trace("spikingjelly", net, DATA, T=6, progress=False)
+    policy = sc.Confidence(0.4)
+    post = policy.evaluate(trace)
+    real = sc.early_exit_loader("spikingjelly", net, DATA, policy, T=6, refill=True, capacity=16, progress=False)
+    assert torch.equal(real.exit_step, post.exit_step) and torch.equal(real.predictions, post.predictions)
