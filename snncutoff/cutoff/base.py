@@ -312,12 +312,12 @@ class CutoffPolicy:
         ])
 
 
-def check_same_shape(calibration: Trace, test: Trace) -> None:
+def check_same_shape(calibration: Trace, test: Trace, names: tuple[str, str] = ("calibration", "test")) -> None:
     """A calibration trace and the trace it is applied to have the same T and C."""
     if calibration.T != test.T:
-        raise ValueError(f"calibration has T = {calibration.T} but test has T = {test.T}")
+        raise ValueError(f"{names[0]} has T = {calibration.T} but {names[1]} has T = {test.T}")
     if calibration.C != test.C:
-        raise ValueError(f"calibration has C = {calibration.C} classes but test has C = {test.C}")
+        raise ValueError(f"{names[0]} has C = {calibration.C} classes but {names[1]} has C = {test.C}")
 
 
 def sweep(

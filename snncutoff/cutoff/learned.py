@@ -25,6 +25,7 @@ On line the score needs the run length and the previous gap: a per-sample state
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,6 +38,9 @@ from ..validation import check_positive_int, check_unit_interval
 from .base import CutoffPolicy
 from .stability import RunState
 from .topk import EPSILON_GRID, exact_thresholds
+
+#: models fitted per calibration trace (and hyper-parameters), forgotten with the trace
+_MODELS: weakref.WeakKeyDictionary[Trace, dict] = weakref.WeakKeyDictionary()
 
 #: the features, in the order of ``coef_``
 FEATURES = ("gap_per_step", "max_softmax", "max_softmax_of_mean", "entropy", "log_run", "run_share", "progress",
@@ -92,6 +96,13 @@ class LearnedExit(RunState, CutoffPolicy):
 
     # --------------------------------------------------------------- model
     def _fit_model(self, trace: Trace) -> None:
+        key = (self.regularization, self.max_rows, self.seed)
+        fitted = _MODELS.setdefault(trace, {})
+        if key not in fitted:  # the same trace fits the same model: once (sweeps, risk control)
+            fitted[key] = self._logistic(trace)
+        self.coef_, self.intercept_, self.feature_mean_, self.feature_scale_ = fitted[key]
+
+    def _logistic(self, trace: Trace) -> tuple[Tensor, float, Tensor, Tensor]:
         from sklearn.linear_model import LogisticRegression
 
         X = torch.stack(self._trace_features(trace), dim=-1).reshape(-1, len(FEATURES))
@@ -109,10 +120,8 @@ class LearnedExit(RunState, CutoffPolicy):
             model = LogisticRegression(C=self.regularization, max_iter=1000)
             model.fit((X - mean) / scale, y)
             coef, intercept = model.coef_[0], float(model.intercept_[0])
-        self.coef_ = torch.tensor(coef, dtype=torch.float64)
-        self.intercept_ = float(intercept)
-        self.feature_mean_ = torch.tensor(mean, dtype=torch.float64)
-        self.feature_scale_ = torch.tensor(scale, dtype=torch.float64)
+        return (torch.tensor(coef, dtype=torch.float64), float(intercept), torch.tensor(mean, dtype=torch.float64),
+                torch.tensor(scale, dtype=torch.float64))
 
     def _score(self, feats: list[Tensor]) -> Tensor:
         if "coef_" not in self.__dict__:

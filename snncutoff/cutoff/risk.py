@@ -151,7 +151,8 @@ class RiskControl(CutoffPolicy):
         if not isinstance(getattr(policy, "param", None), str):
             raise TypeError(f"{type(policy).__name__} has no scalar parameter to calibrate")
         try:
-            policy.risk_grid(2)
+            if grid is None:
+                policy.risk_grid(2)
         except NotImplementedError:
             raise TypeError(f"{type(policy).__name__} does not say which values of {policy.param!r} to try "
                             "(risk_grid); pass grid=[...] from the most conservative value on") from None
@@ -202,7 +203,7 @@ class RiskControl(CutoffPolicy):
         if rule.needs_fit:
             if fit_on is not None:
                 self._check_trace(fit_on)
-                check_same_shape(fit_on, calibration)
+                check_same_shape(fit_on, calibration, ("fit_on", "calibration"))
                 fit_part = fit_on
             else:
                 fit_part, test_part = split_trace(calibration, self.fit_fraction, self.seed)
