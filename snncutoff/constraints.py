@@ -125,7 +125,7 @@ class QCFS(Constraint):
         self.levels = int(state["levels"])
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+        return f"levels={self.levels}, threshold={float(self.threshold.detach()):.4g}"
 
 
 class Clip(Constraint):
@@ -143,7 +143,7 @@ class Clip(Constraint):
         return torch.minimum(torch.relu(x), theta)
 
     def extra_repr(self) -> str:
-        return f"threshold={float(self.threshold):.4g}"
+        return f"threshold={float(self.threshold.detach()):.4g}"
 
 
 class TrackedReLU(Constraint):

@@ -286,8 +286,10 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
               help="Step mode of the converted network, where the backend offers multi-step ('m').")
 @handle_errors
 def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
-    """Convert an ANN checkpoint into every backend; report each layer's neuron and threshold."""
+    """Convert an ANN checkpoint into every backend; report each layer's neuron, threshold and conversion
+    error at T (mean |ANN activation - threshold x firing rate| on the test set), with the accuracies."""
     from snncutoff import data
+    from snncutoff.fidelity import conversion_report
     from snncutoff.train import load_model
 
     from .pipeline import build_ann, check_config
@@ -300,19 +302,25 @@ def convert(output_dir, quiet, as_json, checkpoint, step_mode, **kw) -> None:
     split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
     ann = load_model(build_ann(cfg, split), checkpoint).eval()
     out = _output_dir(output_dir, "convert")
-    results = {"schema": "snncutoff-bench/convert/1", "command": _command_line(), "checkpoint": checkpoint,
-               "backends": {}}
+    results = {"schema": "snncutoff-bench/convert/2", "command": _command_line(), "checkpoint": checkpoint,
+               "T": cfg.T, "backends": {}}
+    test = split.loader(split.test, cfg.batch_size)
     for name in names:
         b = backends.get(name)
         snn = b.convert(ann, step_mode=step_mode if step_mode in b.step_modes else "s")
         acts = [asdict(a) for a in snn.snncutoff_activations]
         atomic_torch_save({"state_dict": snn.state_dict(), "activations": acts}, out / f"snn-{name}.pt")
-        results["backends"][name] = {"activations": acts, "network": repr(snn)}
-    rows = ["| backend | layer | activation | threshold | v_init |", "|---|---|---|---:|---:|"]
+        report = conversion_report(b, ann, snn, test, cfg.T, warn=False) if not split.event else None
+        results["backends"][name] = {"activations": acts, "network": repr(snn), "conversion": report}
+    rows = ["| backend | layer | activation | threshold | v_init | conversion error at T |",
+            "|---|---|---|---:|---:|---:|"]
     for name, e in results["backends"].items():
-        rows += [f"| {name} | {a['path']} | {a['kind']} | {a['threshold']:.4g} | {a['v_init']} |"
-                 for a in e["activations"]]
-    _finish(results, out, as_json, "\n".join(rows), quiet)
+        errors = {d["path"]: f"{d['error']:.3g}" for d in (e["conversion"] or {}).get("layers", [])}
+        rows += [f"| {name} | {a['path']} | {a['kind']} | {a['threshold']:.4g} | {a['v_init']} | "
+                 f"{errors.get(a['path'], '–')} |" for a in e["activations"]]
+    from .report import conversion_table
+
+    _finish(results, out, as_json, "\n".join(rows + conversion_table(results)), quiet)
 
 
 @main.command()

@@ -24,6 +24,7 @@ from torch import nn
 
 import snncutoff as sc
 from snncutoff import backends, constraints, data, models
+from snncutoff.fidelity import conversion_report
 from snncutoff.io import atomic_write_json
 from snncutoff.train import TrainConfig, Trainer, load_model, seed_everything
 
@@ -382,6 +383,9 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
         }
         if encoder == "frames":  # a static batch cannot time an event network's step path
             entry["timing"] = {"collect_seconds": collect_s}
+        if ann is not None and encoder == "direct":
+            entry["conversion"] = conversion_report(b, ann, run_net, loaders["test"], cfg.T, trace=tst,
+                                                    device=cfg.device, warn=False)
         results["backends"][name] = entry
     results["agreement"] = agreement({n: t["test"] for n, t in traces.items()})
     results["wall_seconds"] = time.perf_counter() - t_start

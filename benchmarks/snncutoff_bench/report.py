@@ -43,6 +43,7 @@ def compare_table(results: dict) -> str:
             lines.append(f"| {name} | {pol} | {_pct(r['accuracy'])} | {r['mean_steps']:.2f} | "
                          f"{r.get('over_oct', float('nan')):.2f}x | {r.get('loss_vs_T', float('nan')):+.2f} | "
                          f"{r['speedup']:.2f}x | {_pct(r.get('ops_saved'))} | {_certified(r)} |")
+    lines += conversion_table(results)
     lines += ["", "| backend | version | run ms/step | step ms/step | trace collection s |", "|---|---|---:|---:|---:|"]
     for name, e in results["backends"].items():
         t = e.get("timing", {})
@@ -56,6 +57,21 @@ def compare_table(results: dict) -> str:
     lines.append("")
     lines.append(f"Wall time: {results['wall_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def conversion_table(results: dict) -> list[str]:
+    """Conversion fidelity per backend: accuracies, per-layer error, warnings (empty without an ANN)."""
+    reports = {n: e["conversion"] for n, e in results["backends"].items() if e.get("conversion")}
+    if not reports:
+        return []
+    lines = ["", "| backend | ANN | SNN at T | best step (accuracy) | conversion error per layer (path: mean abs) |",
+             "|---|---:|---:|---:|---|"]
+    for name, r in reports.items():
+        errors = ", ".join(f"{d['path']}: {d['error']:.3g}" for d in r["layers"])
+        lines.append(f"| {name} | {_pct(r['ann_accuracy'])} | {_pct(r['snn_accuracy'])} | {r['best_step']} "
+                     f"({_pct(r['best_accuracy'])}) | {errors} |")
+    warned = [f"WARNING ({name}): {w}" for name, r in reports.items() for w in r["warnings"]]
+    return lines + ([""] + warned if warned else [])
 
 
 def sweep_table(results: dict) -> str:
