@@ -47,6 +47,9 @@ class DataSplit:
     event: bool = False  # frames [T, 2, H, W] per sample (use encoder="frames")
 
     calibration: Dataset | None = None  # held out from training (see holdout)
+    #: ``(mean, std)`` the pixels in [0, 1] were standardised with (scalars or per channel), if any:
+    #: ``x * std + mean`` gives them back (for rate coding)
+    normalization: tuple | None = None
 
     def loaders(self, batch_size: int = 128, shuffle_train: bool = True, seed: int = 0,
                 num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
@@ -83,7 +86,8 @@ class DataSplit:
         except ValueError:  # a class too rare to stratify
             keep, held = train_test_split(idx, test_size=count, random_state=seed)
         return DataSplit(self.name, Subset(self.train, sorted(keep.tolist())), self.test, self.num_classes,
-                         self.in_channels, self.input_size, self.event, Subset(self.train, sorted(held.tolist())))
+                         self.in_channels, self.input_size, self.event, Subset(self.train, sorted(held.tolist())),
+                         self.normalization)
 
 
 def _labels_of(dataset: Dataset) -> list[int]:
@@ -136,7 +140,7 @@ def from_arrays(x, y, test_size: int | float = 0.2, seed: int = 0, name: str = "
     mean, std = x_train.mean(), x_train.std().clamp(min=1e-12)
     return DataSplit(name, TensorDataset((x_train - mean) / std, y[train_idx]),
                      TensorDataset((x_test - mean) / std, y[test_idx]), num_classes=int(y.max()) + 1,
-                     in_channels=x.shape[1], input_size=x.shape[-1])
+                     in_channels=x.shape[1], input_size=x.shape[-1], normalization=(float(mean), float(std)))
 
 
 def load_npz(path: str | os.PathLike, test_size: int | float = 0.2, seed: int = 0) -> DataSplit:
@@ -175,7 +179,7 @@ def digits(test_size: int = 450, seed: int = 0) -> DataSplit:
     mean, std = x_train.mean(), x_train.std()
     norm = lambda t: (t - mean) / std  # noqa: E731
     return DataSplit("digits", TensorDataset(norm(x_train), y[idx_train]), TensorDataset(norm(x_test), y[idx_test]),
-                     num_classes=10, in_channels=1, input_size=8)
+                     num_classes=10, in_channels=1, input_size=8, normalization=(float(mean), float(std)))
 
 
 _TV = {
@@ -252,7 +256,7 @@ def _torchvision(name: str, root: Path, download: bool, augment: bool) -> DataSp
     cls = getattr(torchvision.datasets, cls_name)
     return DataSplit(name, cls(str(root), train=True, transform=train_tf, download=download),
                      cls(str(root), train=False, transform=test_tf, download=download),
-                     classes, channels, size)
+                     classes, channels, size, normalization=(mean, std))
 
 
 class FrameFolder(Dataset):

@@ -136,8 +136,9 @@ def conversion_report(backend: Any, ann: nn.Module, snn: nn.Module, data: Iterab
     where = f"; the largest conversion error is in layer '{worst['path']}' ({worst['error']:.3g})" if worst else ""
     gap = 100 * (report["ann_accuracy"] - report["snn_accuracy"])
     if gap > TOLERANCE:
+        snn_acc, ann_acc = 100 * report["snn_accuracy"], 100 * report["ann_accuracy"]
         report["warnings"].append(f"the SNN at T = {trace.T} is {gap:.1f} points below the ANN "
-                                  f"({100 * report['snn_accuracy']:.2f}% vs {100 * report['ann_accuracy']:.2f}%){where}")
+                                  f"({snn_acc:.2f}% vs {ann_acc:.2f}%){where}")
     if report["largest_fall_after_L"]["points"] > TOLERANCE:
         report["warnings"].append(
             f"the SNN's accuracy falls {report['largest_fall_after_L']['points']:.1f} points below its best so far "

@@ -231,3 +231,65 @@ def test_ddp_two_cpu_processes(tmp_path):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert (tmp_path / "ckpt" / "last.pt").exists() and not (tmp_path / "ckpt-rank1").exists()
+
+
+def test_arrays_and_npz_files_become_a_seeded_stratified_standardised_split(tmp_path):
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(200, 6, 6), dtype=np.uint8)
+    y = np.repeat(np.arange(4), 50)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    split = data.load(str(tmp_path / "mine.npz"))
+    assert (split.name, split.num_classes, split.in_channels, split.input_size) == ("mine", 4, 1, 6)
+    xt, _ = split.train.tensors
+    assert len(split.train) == 160 and len(split.test) == 40
+    assert torch.bincount(split.test.tensors[1]).tolist() == [10, 10, 10, 10]  # stratified
+    assert abs(float(xt.mean())) < 1e-5 and abs(float(xt.std()) - 1) < 1e-4  # the training statistics
+    mean, std = split.normalization
+    pixels = (xt * std + mean) * 255  # back to the uint8 levels the file holds
+    assert float((pixels - pixels.round()).abs().max()) < 1e-3 and 0 <= float(pixels.round().min())
+    assert float(pixels.round().max()) <= 255
+    again = data.from_arrays(x, y, name="mine")
+    assert torch.equal(again.train.tensors[0], xt)  # seeded
+    held = split.holdout(0.25)
+    assert len(held.train) == 120 and len(held.calibration) == 40 and len(held.test) == 40
+    cal_labels = torch.stack([held.calibration[i][1] for i in range(40)])
+    assert torch.bincount(cal_labels).tolist() == [10, 10, 10, 10]  # stratified too
+    train_ids = set(held.train.indices)
+    assert train_ids.isdisjoint(held.calibration.indices) and len(train_ids | set(held.calibration.indices)) == 160
+    assert held.calibration.indices == split.holdout(0.25).calibration.indices  # seeded
+
+
+def test_bad_array_inputs_are_named(tmp_path):
+    import numpy as np
+
+    with pytest.raises(ValueError, match="must be square"):
+        data.from_arrays(np.zeros((5, 3, 4), dtype=np.uint8), np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"y must be \[N\] = \[4\] labels"):
+        data.from_arrays(np.zeros((4, 3, 3)), np.zeros(5))
+    with pytest.raises(ValueError, match="fractional"):
+        data.from_arrays(np.zeros((4, 3, 3)), np.array([0.5, 1, 0, 1]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        data.from_arrays(np.full((4, 3, 3), np.nan), np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"x must be \[N, H, W\] or \[N, C, H, W\]"):
+        data.from_arrays(np.zeros((4, 9)), np.array([0, 1, 0, 1]))
+    np.savez(tmp_path / "other.npz", images=np.zeros((4, 3, 3)))
+    with pytest.raises(ValueError, match="must hold arrays 'x' .* it has images"):
+        data.load_npz(tmp_path / "other.npz")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz file"):
+        data.load_npz(tmp_path / "broken.npz")
+    with pytest.raises(data.DatasetNotFoundError, match="no .npz data file"):
+        data.load_npz(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="calibration size must be a fraction"):
+        data.digits().holdout(2000)
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(__file__).parents[2].joinpath("shared/data/mnist-5k.npz")
+                    .exists(), reason="../shared/data/mnist-5k.npz is not here")
+def test_the_shared_mnist_sample_loads():
+    from pathlib import Path
+
+    split = data.load(str(Path(__file__).parents[2] / "shared/data/mnist-5k.npz"))
+    assert (len(split.train), len(split.test), split.input_size, split.num_classes) == (4000, 1000, 28, 10)

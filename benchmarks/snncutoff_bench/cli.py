@@ -200,6 +200,10 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
               help="QCFS quantisation levels L (convert route).")
 @click.option("--rcs-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Weight of the RCS regulariser in training (0: off).")
+@click.option("--encoder", default="direct", show_default=True, type=click.Choice(["direct", "rate", "poisson",
+              "latency"]), help="Input coding of the converted network: direct (the image every step), rate "
+                                "(snnTorch spikegen.rate), poisson (SpikingJelly PoissonEncoder) or latency "
+                                "(snnTorch spikegen.latency); seeded.")
 @risk_options
 @handle_errors
 def compare(output_dir, quiet, as_json, **kw) -> None:

@@ -28,6 +28,8 @@ from snncutoff.fidelity import conversion_report
 from snncutoff.io import atomic_write_json
 from snncutoff.train import TrainConfig, Trainer, load_model, seed_everything
 
+from . import encoders
+
 POLICIES = tuple(sc.cutoff.RULES)
 ROUTES = ("convert", "direct")
 #: parameter values of each rule shown in the compare table besides its risk-controlled value
@@ -54,6 +56,7 @@ class BenchConfig:
     levels: int = 8
     rcs_alpha: float = 0.0
     policies: tuple[str, ...] = POLICIES
+    encoder: str = "direct"
     calibration_size: float = 0.35
     max_loss: float = 0.005
     delta: float = 0.1
@@ -124,6 +127,8 @@ def check_config(cfg: BenchConfig) -> list[str]:
     if not (0 < cfg.calibration_size < 1 or (cfg.calibration_size >= 1 and float(cfg.calibration_size).is_integer())):
         raise BenchInputError("--calibration-size must be a fraction in (0, 1) of the training data or a count, "
                               f"got {cfg.calibration_size}")
+    if cfg.encoder not in encoders.ENCODERS:
+        raise BenchInputError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoders.ENCODERS)}")
     if cfg.rcs_alpha < 0:
         raise BenchInputError(f"--rcs-alpha must be >= 0 (0: off), got {cfg.rcs_alpha}")
     if cfg.dataset != "digits" and not npz and cfg.data_dir is None:
@@ -330,7 +335,7 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
     t_start = time.perf_counter()
     split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
     split = split.holdout(int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size, cfg.seed)
-    encoder = "frames" if split.event else "direct"
+    encoder = "frames" if split.event else encoders.make(cfg.encoder, split.normalization)
     loaders = {"train": split.loader(split.train, cfg.batch_size), "calibration": split.loader(split.calibration,
                cfg.batch_size), "test": split.loader(split.test, cfg.batch_size)}
     results: dict[str, Any] = {
@@ -358,11 +363,12 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
         run_net, step_net, info = networks(cfg, name, split, ann, init, quiet)
         run_net, step_net = run_net.to(cfg.device), step_net.to(cfg.device)
         t0 = time.perf_counter()
-        traces[name] = {
-            part: sc.collect_trace(b, run_net, loader, cfg.T, encoder=encoder, count_ops=True, device=cfg.device,
-                                   progress=not quiet, meta={"split": part, "model": cfg.model, "dataset": cfg.dataset})
-            for part, loader in loaders.items()
-        }
+        traces[name] = {}
+        for k, (part, loader) in enumerate(loaders.items()):
+            torch.manual_seed(cfg.seed + k)  # random encoders draw the same spikes in every backend
+            traces[name][part] = sc.collect_trace(
+                b, run_net, loader, cfg.T, encoder=encoder, count_ops=True, device=cfg.device, progress=not quiet,
+                meta={"split": part, "model": cfg.model, "dataset": cfg.dataset, "encoder": cfg.encoder})
         collect_s = time.perf_counter() - t0
         for part, tr in traces[name].items():
             tr.save(output_dir / "traces" / f"{name}-{part}.pt")
@@ -383,7 +389,7 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
         }
         if encoder == "frames":  # a static batch cannot time an event network's step path
             entry["timing"] = {"collect_seconds": collect_s}
-        if ann is not None and encoder == "direct":
+        if ann is not None and cfg.encoder == "direct" and not split.event:
             entry["conversion"] = conversion_report(b, ann, run_net, loaders["test"], cfg.T, trace=tst,
                                                     device=cfg.device, warn=False)
         results["backends"][name] = entry
