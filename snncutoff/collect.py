@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ._progress import progress as progress_bar
 from .backends import resolve
 from .trace import Trace
-from .validation import check_finite
+from .validation import INPUT_HINT, check_finite
 
 Encoder = str | Callable[[Tensor, int], Tensor]
 ENCODERS = ("direct", "frames", "time_major", "none")
@@ -121,7 +121,7 @@ def collect_trace(
         for i, batch in enumerate(progress_bar(data, f"{backend.name} T={T}", progress)):
             x, y = _split(batch)
             if x.is_floating_point():
-                check_finite(f"inputs of batch {i}", x)
+                check_finite(f"inputs of batch {i}", x, ("n",), INPUT_HINT)
             if device is not None:
                 x = x.to(device)
             x_seq = encode(x, T, encoder)

@@ -78,8 +78,13 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_finite(name: str, x: Tensor) -> None:
-    """Raise ``ValueError`` naming the count and first ``(t, n)`` of non-finite values.
+INPUT_HINT = "The data set holds them: clean or drop those samples before running the network."
+
+
+def check_finite(name: str, x: Tensor, axes: tuple[str, ...] = ("t", "n"),
+                 hint: str = "Check the network for exploding activations or an input that is not normalised.") -> None:
+    """Raise ``ValueError`` naming the count and first position (``axes``: its leading dimensions,
+    ``("t", "n")`` for ``[T, N, ...]``, ``("n",)`` for a batch) of non-finite values.
 
     One cheap reduction decides the common case: a finite sum implies that every
     element is finite; only on failure is the element-wise mask built.
@@ -91,11 +96,9 @@ def check_finite(name: str, x: Tensor) -> None:
     if count == 0:  # the sum overflowed float64; every element is finite
         return
     first = tuple(int(i) for i in bad.nonzero()[0])
-    where = f"(t, n) = {first[:2]}" if x.dim() >= 2 else f"index {first}"
-    raise ValueError(
-        f"{name} holds {count} NaN or infinite value(s); the first is at {where}. "
-        "Check the network for exploding activations or an input that is not normalised."
-    )
+    k = min(len(axes), x.dim())
+    where = (f"({', '.join(axes[:k])}) = {first[:k]}" if k > 1 else f"{axes[0]} = {first[0]}") if k else "index ()"
+    raise ValueError(f"{name} holds {count} NaN or infinite value(s); the first is at {where}. {hint}")
 
 
 def check_outputs(outputs: Any, name: str = "outputs") -> Tensor:
