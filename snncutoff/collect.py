@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ._progress import progress as progress_bar
 from .backends import resolve
 from .trace import Trace
-from .validation import INPUT_HINT, check_finite
+from .validation import INPUT_HINT, batch_labels, check_device, check_finite, check_int
 
 Encoder = str | Callable[[Tensor, int], Tensor]
 ENCODERS = ("direct", "frames", "time_major", "none")
@@ -35,11 +35,21 @@ def encode(x: Tensor, T: int, encoder: Encoder = "direct") -> Tensor:
     - a callable ``(x, T) -> [T, N, ...]``, e.g. Poisson rate coding
       ``lambda x, T: snntorch.spikegen.rate(x, num_steps=T)``.
     """
+    T = check_int("T", T, 1)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor batch, got {type(x).__name__}")
     if callable(encoder):
-        return encoder(x, T)
+        seq = encoder(x, T)
+        if not isinstance(seq, Tensor) or seq.dim() < 2 or seq.shape[0] != T:
+            got = tuple(seq.shape) if isinstance(seq, Tensor) else type(seq).__name__
+            raise ValueError(f"the encoder must return a time-major [T, N, ...] = [{T}, N, ...] tensor, got {got}")
+        return seq
     if encoder == "direct":
         return x.unsqueeze(0).expand(T, *x.shape)
     if encoder in ("frames", "time_major"):
+        if x.dim() < 2:
+            raise ValueError(f"encoder={encoder!r} takes [N, T, ...] (frames) or [T, N, ...] (time_major) batches, "
+                             f"got shape {tuple(x.shape)}")
         seq = x.transpose(0, 1) if encoder == "frames" else x
         if seq.shape[0] < T:
             raise ValueError(f"encoder={encoder!r}: the data holds {seq.shape[0]} frames, fewer than T = {T}")
@@ -106,8 +116,13 @@ def collect_trace(
         meta: stored in ``Trace.meta`` (with backend, T and encoder).
     """
     backend = resolve(backend)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    T = check_int("T", T, 1)
+    device = check_device(device)
+    if isinstance(data, (Tensor, str)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be an iterable of (inputs, labels) batches (a DataLoader), got "
+                        f"{type(data).__name__}")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     if not callable(encoder) and encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
     backend.check_network(net)
@@ -147,11 +162,13 @@ def collect_trace(
                 if batch_ops is None:
                     raise ValueError("count_ops=True but the network has no Conv/Linear layer to count")
                 ops.append(batch_ops.cpu())
-            y = torch.as_tensor(y).cpu()
-            if out.dim() != 3 or out.shape[0] != T or (y.dim() == 1 and out.shape[1] != y.shape[0]):
+            if not isinstance(out, Tensor):
+                raise ValueError(f"the readout ({readout!r}) turned {type(net).__name__}'s output into a "
+                                 f"{type(out).__name__}, not a tensor of per-step outputs")
+            if out.dim() != 3 or out.shape[0] != T:
                 raise ValueError(_shape_advice(out, T, whole, type(net).__name__))
             outputs.append(out.float().cpu())
-            labels.append(y)
+            labels.append(batch_labels(y, out.shape[1]))
     finally:
         backend.reset(net)
         net.train(was_training)

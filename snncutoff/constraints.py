@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import Activation, find_functional_activations
+from .validation import check_int, check_number
 
 #: percentile of the positive pre-activations :func:`calibrate` sets thresholds to
 QUANTILE = 0.999
@@ -75,17 +76,17 @@ class Constraint(Activation):
 
     def _check_set(self) -> None:
         if not self.threshold_is_set():
-            raise RuntimeError(f"{type(self).__name__}'s threshold is not set yet: call "
+            raise ValueError(f"{type(self).__name__}'s threshold is not set yet: call "
                                "snncutoff.constraints.calibrate(net, train_loader) first (Trainer.fit does it)")
 
 
 def _threshold_param(threshold: float | None, learnable: bool) -> nn.Parameter:
+    if not isinstance(learnable, bool):
+        raise TypeError(f"learnable must be True or False, got {learnable!r}")
     if threshold is None:
         return nn.Parameter(torch.tensor(math.nan), requires_grad=learnable)  # set by calibrate()
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-            math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite number > 0 (or None: from the data), got {threshold!r}")
-    return nn.Parameter(torch.tensor(float(threshold)), requires_grad=learnable)
+    value = check_number("threshold (None: from the data)", threshold, 0.0, low_open=True)
+    return nn.Parameter(torch.tensor(value), requires_grad=learnable)
 
 
 class QCFS(Constraint):
@@ -105,9 +106,7 @@ class QCFS(Constraint):
 
     def __init__(self, levels: int = 8, threshold: float | None = None, learnable: bool = True) -> None:
         super().__init__()
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
-        self.levels = levels
+        self.levels = check_int("levels", levels, 1)
         self.threshold = _threshold_param(threshold, learnable)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -156,9 +155,7 @@ class TrackedReLU(Constraint):
 
     def __init__(self, momentum: float = 0.9) -> None:
         super().__init__()
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        self.momentum = momentum
+        self.momentum = check_number("momentum", momentum, 0.0, 1.0, high_open=True)
         self.register_buffer("running_max", torch.tensor(0.0))
         self.register_buffer("seen", torch.tensor(False))
 
@@ -297,6 +294,8 @@ def apply(ann: nn.Module, kind: str = "qcfs", calibration: Iterable | None = Non
         ValueError: unknown kind, or no ``nn.ReLU`` found and a functional relu is used
             (the message names the module whose ``forward`` calls it).
     """
+    if not isinstance(ann, nn.Module):
+        raise TypeError(f"ann must be a torch.nn.Module, got {type(ann).__name__}")
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r}")
     found = find_functional_activations(ann)

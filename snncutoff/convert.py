@@ -22,6 +22,7 @@ framework's integrate-and-fire neuron for a given threshold. The steps:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from .constraints import Constraint
 from .graph import check_by_running, find_functional_activations, is_activation, is_empty_sequential
 from .spec import IF
+from .validation import INPUT_HINT, check_finite
 
 SUPPORTED: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
@@ -65,7 +67,10 @@ def _parse_rule(rule: str) -> float | None:
     if rule == "max":
         return None
     if isinstance(rule, str) and rule.endswith("%"):
-        q = float(rule[:-1]) / 100.0
+        try:
+            q = float(rule[:-1]) / 100.0
+        except ValueError:
+            q = math.nan
         if 0.0 < q <= 1.0:
             return q
     raise ValueError(f"threshold rule must be 'max' or a percentile such as '99.9%', got {rule!r}")
@@ -106,7 +111,13 @@ def calibrate_thresholds(
         for i, x in enumerate(_batches(data)):
             if max_batches is not None and i >= max_batches:
                 break
-            ann(x.to(device) if device is not None else x)
+            if x.is_floating_point():
+                check_finite(f"calibration batch {i}", x, ("n",), INPUT_HINT)
+            try:
+                ann(x.to(device) if device is not None else x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise ValueError(f"running {type(ann).__name__} on calibration batch {i} of shape "
+                                 f"{list(x.shape)} failed: {exc}") from exc
     finally:
         for h in handles:
             h.remove()
@@ -149,49 +160,28 @@ def _first_example(calibration: Iterable | None, example_input: Tensor | None) -
     return None
 
 
-def convert_ann(
-    ann: nn.Module,
-    make_neuron: Callable[[float, float], nn.Module],
-    spec: IF | None = None,
-    calibration: Iterable | None = None,
-    *,
-    threshold_rule: str = "max",
-    maxpool: str = "error",
-    fuse_bn: bool = False,
-    map_layer: Callable[[nn.Module], nn.Module] | None = None,
-    example_input: Tensor | None = None,
-    device: torch.device | str | None = None,
-    training: bool = False,
-) -> tuple[nn.Module, list[ConvertedActivation]]:
-    """Convert a copy of ``ann``; ``ann`` itself is not modified.
+def _unsupported(ann: nn.Module, maxpool: str) -> tuple[str, nn.Module] | None:
+    """The first layer the inference conversion cannot turn into a spiking equivalent, or None."""
+    for path, m in ann.named_modules():
+        if m is ann or is_activation(m) or isinstance(m, _DROPOUT) or is_empty_sequential(m):
+            continue
+        if isinstance(m, _MAXPOOL):
+            if maxpool != "avg":
+                return path, m
+        elif len(m._modules) == 0 and not isinstance(m, SUPPORTED):
+            return path, m
+    return None
 
-    Args:
-        ann: ReLU or constraint-activation network (``nn.Module``).
-        make_neuron: ``(threshold, v_init_fraction) -> module`` of the backend's framework;
-            the module emits ``threshold * spike`` per step and holds its membrane.
-        spec: :class:`~snncutoff.spec.IF` overrides (fixed threshold, v_init).
-        calibration: batches (``x`` or ``(x, y)``) to set ``nn.ReLU`` thresholds.
-        threshold_rule: ``"max"`` or a percentile such as ``"99.9%"``.
-        maxpool: ``"error"`` (default) or ``"avg"`` to replace max pooling by average pooling.
-        fuse_bn: fold BatchNorm into the preceding Conv/Linear.
-        map_layer: optional backend hook applied to every kept stateless layer (e.g. to
-            swap ``nn.Conv2d`` for SpikingJelly's multi-step ``layer.Conv2d``).
-        example_input: one input batch, used to check functional activations when the
-            network cannot be traced and no calibration data is given.
-        training: build a network to train (direct training): only the activations are
-            swapped (``make_neuron`` ignores the threshold); every other layer, Dropout
-            and MaxPool included, is kept and the copy keeps ``ann``'s train/eval mode.
-    Returns:
-        ``(snn, activations)``: the converted network (eval mode) and what each
-        activation became.
-    Raises:
-        ConversionError: naming the offending layer and what to do.
-    """
+
+def check_convertible(ann: nn.Module, calibration: Iterable | None = None, example_input: Tensor | None = None,
+                      device: torch.device | str | None = None) -> None:
+    """Every activation is an ``nn.ReLU`` / constraint *module* called once per forward, or a
+    :class:`ConversionError` naming the module whose ``forward`` breaks the rule."""
     if not isinstance(ann, nn.Module):
         raise TypeError(f"ann must be a torch.nn.Module, got {type(ann).__name__}")
-    spec = spec or IF()
-    if maxpool not in ("error", "avg"):
-        raise ValueError(f"maxpool must be 'error' or 'avg', got {maxpool!r}")
+    if isinstance(calibration, Tensor):
+        raise TypeError("calibration must be an iterable of batches (a DataLoader, or a list of x or (x, y)), "
+                        "got a single tensor: pass [x] or [(x, y)]")
     found = find_functional_activations(ann)
     if found is None:
         example = _first_example(calibration, example_input)
@@ -215,28 +205,87 @@ def convert_ann(
             "F.relu(x) by a module and give each call site its own module."
         )
 
+
+def convert_for_training(
+    ann: nn.Module, make_neuron: Callable[[float, float], nn.Module], threshold: float = 1.0,
+    map_layer: Callable[[nn.Module], nn.Module] | None = None, example_input: Tensor | None = None,
+) -> tuple[nn.Module, list[ConvertedActivation]]:
+    """A copy of ``ann`` to train directly: every activation becomes ``make_neuron(threshold, 0)`` (a
+    trainable LIF neuron), every other leaf layer — Dropout and MaxPool included — is kept
+    (``map_layer`` may swap it for the framework's multi-step version); modes are kept."""
+    check_convertible(ann, example_input=example_input)
     snn = copy.deepcopy(ann)
-    if training:
-        theta = float(spec.threshold or 1.0)
-        trained: list[ConvertedActivation] = []
+    trained: list[ConvertedActivation] = []
 
-        def visit_train(module: nn.Module, prefix: str) -> None:
-            for name, child in list(module.named_children()):
-                path = f"{prefix}.{name}" if prefix else name
-                if is_activation(child):
-                    setattr(module, name, make_neuron(theta, 0.0))
-                    trained.append(ConvertedActivation(path, type(child).__name__, theta, 0.0))
-                elif len(child._modules) == 0:
-                    if map_layer is not None:
-                        setattr(module, name, map_layer(child))
-                else:
-                    visit_train(child, path)
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            if is_activation(child):
+                setattr(module, name, make_neuron(threshold, 0.0))
+                trained.append(ConvertedActivation(path, type(child).__name__, threshold, 0.0))
+            elif len(child._modules) == 0:
+                if map_layer is not None:
+                    setattr(module, name, map_layer(child))
+            else:
+                visit(child, path)
 
-        visit_train(snn, "")
-        if not trained:
-            raise ConversionError("no activation (nn.ReLU or constraint module) found: nothing to make spike")
-        return snn, trained
-    snn.eval()
+    visit(snn, "")
+    if not trained:
+        raise ConversionError("no activation (nn.ReLU or constraint module) found: nothing to make spike")
+    return snn, trained
+
+
+def convert_ann(
+    ann: nn.Module,
+    make_neuron: Callable[[float, float], nn.Module],
+    spec: IF | None = None,
+    calibration: Iterable | None = None,
+    *,
+    threshold_rule: str = "max",
+    maxpool: str = "error",
+    fuse_bn: bool = False,
+    map_layer: Callable[[nn.Module], nn.Module] | None = None,
+    example_input: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[nn.Module, list[ConvertedActivation]]:
+    """Convert a copy of ``ann`` into integrate-and-fire neurons for inference; ``ann`` is not modified.
+
+    Args:
+        ann: ReLU or constraint-activation network (``nn.Module``).
+        make_neuron: ``(threshold, v_init_fraction) -> module`` of the backend's framework;
+            the module emits ``threshold * spike`` per step and holds its membrane.
+        spec: :class:`~snncutoff.spec.IF` overrides (fixed threshold, v_init).
+        calibration: batches (``x`` or ``(x, y)``) to set ``nn.ReLU`` thresholds.
+        threshold_rule: ``"max"`` or a percentile such as ``"99.9%"``.
+        maxpool: ``"error"`` (default) or ``"avg"`` to replace max pooling by average pooling.
+        fuse_bn: fold BatchNorm into the preceding Conv/Linear.
+        map_layer: optional backend hook applied to every kept stateless layer (e.g. to
+            swap ``nn.Conv2d`` for SpikingJelly's multi-step ``layer.Conv2d``).
+        example_input: one input batch, used to check functional activations when the
+            network cannot be traced and no calibration data is given.
+    Returns:
+        ``(snn, activations)``: the converted network (eval mode) and what each
+        activation became.
+    Raises:
+        ConversionError: naming the offending layer and what to do.
+    """
+    spec = spec or IF()
+    if maxpool not in ("error", "avg"):
+        raise ValueError(f"maxpool must be 'error' or 'avg', got {maxpool!r}")
+    check_convertible(ann, calibration, example_input, device)
+    bad = _unsupported(ann, maxpool)
+    if bad is not None:
+        path, layer = bad
+        if isinstance(layer, _MAXPOOL):
+            raise ConversionError(
+                f"layer '{path}' ({type(layer).__name__}) has no rate-coded spiking equivalent; pass "
+                "maxpool='avg' to replace it by average pooling (best with an ANN trained with AvgPool)")
+        raise ConversionError(
+            f"layer '{path}' ({type(layer).__name__}) cannot be converted. Supported layers: "
+            f"{', '.join(c.__name__ for c in SUPPORTED)}, Dropout, MaxPool (with maxpool='avg'), nn.ReLU "
+            "and snncutoff.constraints activations, and containers / custom modules made of them. "
+            "Replace the layer, or wrap it in a custom module whose children are supported.")
+    snn = copy.deepcopy(ann).eval()
     if fuse_bn:
         _fuse_bn(snn)
     relu_paths = [n for n, m in snn.named_modules() if type(m) is nn.ReLU]
@@ -249,51 +298,40 @@ def convert_ann(
                 "or train with snncutoff.constraints (QCFS / Clip) whose thresholds convert directly"
             )
         thresholds = calibrate_thresholds(snn, calibration, threshold_rule, device)
-
     converted: list[ConvertedActivation] = []
+
+    def neuron(child: nn.Module, path: str) -> nn.Module:
+        if spec.threshold is not None:
+            theta = float(spec.threshold)
+        elif isinstance(child, Constraint):
+            theta = child.conversion_threshold()
+        else:
+            theta = thresholds[path]
+        v_init = spec.v_init if spec.v_init is not None else getattr(child, "v_init", 0.5)
+        converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
+        return make_neuron(theta, float(v_init))
 
     def visit(module: nn.Module, prefix: str) -> None:
         for name, child in list(module.named_children()):
             path = f"{prefix}.{name}" if prefix else name
-            new = child
             if is_activation(child):
-                if spec.threshold is not None:
-                    theta = float(spec.threshold)
-                elif isinstance(child, Constraint):
-                    theta = child.conversion_threshold()
-                else:
-                    theta = thresholds[path]
-                v_init = spec.v_init if spec.v_init is not None else getattr(child, "v_init", 0.5)
-                new = make_neuron(theta, float(v_init))
-                converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
+                new = neuron(child, path)
             elif isinstance(child, _DROPOUT) or is_empty_sequential(child):
                 new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
             elif isinstance(child, _MAXPOOL):
-                if maxpool != "avg":
-                    raise ConversionError(
-                        f"layer '{path}' ({type(child).__name__}) has no rate-coded spiking equivalent; pass "
-                        "maxpool='avg' to replace it by average pooling (best with an ANN trained with AvgPool)"
-                    )
-                new = _avg_of(child)
-                new = map_layer(new) if map_layer else new
+                new = map_layer(_avg_of(child)) if map_layer else _avg_of(child)
             elif isinstance(child, SUPPORTED):
                 new = map_layer(child) if map_layer else child
-            elif len(child._modules) == 0:
-                raise ConversionError(
-                    f"layer '{path}' ({type(child).__name__}) cannot be converted. Supported layers: "
-                    f"{', '.join(c.__name__ for c in SUPPORTED)}, Dropout, MaxPool (with maxpool='avg'), nn.ReLU "
-                    "and snncutoff.constraints activations, and containers / custom modules made of them. "
-                    "Replace the layer, or wrap it in a custom module whose children are supported."
-                )
             else:
                 visit(child, path)
+                new = child
             if new is not child:
                 setattr(module, name, new)
 
     visit(snn, "")
     if not converted:
         raise ConversionError("no activation (nn.ReLU or constraint module) found: nothing to make spike")
-    return snn.eval(), converted
+    return snn, converted
 
 
 def _avg_of(pool: nn.Module) -> nn.Module:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._exit.feeds import BatchFeed, LoaderFeed, StreamFeed, batch_labels, check_classes
+from ._exit.feeds import BatchFeed, LoaderFeed, StreamFeed, check_classes
 from ._exit.loop import Exits, check_block, exits, resolve_T
 from ._progress import bar
 from ._progress import progress as progress_bar
@@ -40,6 +40,7 @@ from .backends import resolve
 from .collect import Encoder, _split
 from .cutoff.base import CutoffPolicy
 from .result import CutoffResult
+from .validation import batch_labels, check_device, check_int
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,9 @@ def early_exit_loader(
     """
     backend, T = resolve(backend), resolve_T(policy, T)
     block = check_block(block)
+    device = check_device(device)
+    if capacity is not None:
+        capacity = check_int("capacity", capacity, 1)
     if refill:
         return _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, block,
                          progress)
@@ -210,8 +214,6 @@ def early_exit_loader(
 def _refilled(backend, net, data, policy, T, encoder, readout, count_ops, device, capacity, block,
               progress) -> CutoffResult:
     """Continuous batching: a pool of running samples, refilled from ``data`` as samples exit."""
-    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
-        raise ValueError(f"capacity must be an integer >= 1, got {capacity!r}")
     feed = LoaderFeed(data, T, encoder, device, capacity)
     records: list[Exits] = []
     t_start = time.perf_counter()

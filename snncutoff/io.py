@@ -57,6 +57,12 @@ def _remove_stale_temporaries(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _disk_full(exc: BaseException, folder: Path) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -85,6 +91,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as any other
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -127,19 +134,25 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read {path}: permission denied (it belongs to {path.owner()}); fix its "
+                              "permissions or run as a user who may read it")
     size = path.stat().st_size
     if size == 0:
         raise CorruptFileError(f"{path} is empty, not a {what} file (an interrupted copy?); {fix}")
+    with open(path, "rb") as f:
+        head = f.read(4)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, OS and torch errors all mean "unreadable"
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        zipped, pickled = head.startswith(b"PK"), head[:1] == b"\x80"
+        if not (zipped or pickled):
+            why = f"it is not a torch file (it starts with {head!r}, {size} bytes)"
+        elif pickled and ("Unsupported global" in text or "GLOBAL" in text or "weights_only" in text):
             why = "it holds Python objects other than tensors and plain data, which snncutoff never executes"
-        elif isinstance(exc, (EOFError, OSError)) or "zip archive" in text or "central directory" in text:
-            why = f"it is truncated or not a torch file ({size} bytes)"
         else:
-            why = f"it is not a torch file snncutoff can read ({type(exc).__name__})"
+            why = f"it is a truncated or damaged torch file ({size} bytes)"
         raise CorruptFileError(f"{path} is not a readable {what} file: {why}; {fix}") from None
     if not isinstance(payload, dict):
         raise CorruptFileError(f"{path} is not a {what} file (it holds a {type(payload).__name__}, not a dict); {fix}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .validation import check_int
+
 MODELS = ("cnn", "vgg11", "vgg16", "resnet18", "resnet20", "vggsnn")
 
 
@@ -109,8 +111,20 @@ def vggsnn(num_classes: int = 10, in_channels: int = 2, input_size: int = 48) ->
     return nn.Sequential(*layers)
 
 
+#: the smallest input side each model takes (its poolings halve the input)
+MIN_INPUT = {"cnn": 4, "vgg11": 32, "vgg16": 32, "resnet18": 8, "resnet20": 4, "vggsnn": 16}
+
+
 def get(name: str, num_classes: int = 10, in_channels: int = 1, input_size: int = 8) -> nn.Module:
     """A fresh, randomly initialised model by name (see :data:`MODELS`)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    num_classes = check_int("num_classes", num_classes, 2)
+    in_channels = check_int("in_channels", in_channels, 1)
+    input_size = check_int("input_size", input_size, 1)
+    if input_size < MIN_INPUT[name]:
+        raise ValueError(f"model {name!r} takes inputs of at least {MIN_INPUT[name]}x{MIN_INPUT[name]} "
+                         f"(its poolings halve them), got {input_size}x{input_size}")
     if name == "cnn":
         return cnn(num_classes, in_channels, input_size)
     if name in _VGG:

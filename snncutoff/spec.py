@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .validation import check_choice
+from .validation import check_choice, check_number
 
 SURROGATES = ("atan", "sigmoid", "triangle")
 
@@ -41,10 +41,11 @@ class IF:
     v_init: float | None = None
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and not self.threshold > 0:
-            raise ValueError(f"IF threshold must be > 0, got {self.threshold}")
-        if self.v_init is not None and not 0.0 <= self.v_init <= 1.0:
-            raise ValueError(f"IF v_init is a fraction of the threshold in [0, 1], got {self.v_init}")
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", check_number("IF threshold", self.threshold, 0.0, low_open=True))
+        if self.v_init is not None:
+            object.__setattr__(self, "v_init", check_number("IF v_init (a fraction of the threshold)", self.v_init,
+                                                            0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,13 @@ class LIF:
     detach_reset: bool = False
 
     def __post_init__(self) -> None:
-        if not self.tau > 1.0:
-            raise ValueError(f"LIF tau must be > 1, got {self.tau}")
-        if not self.threshold > 0:
-            raise ValueError(f"LIF threshold must be > 0, got {self.threshold}")
+        for name, low in (("tau", 1.0), ("threshold", 0.0), ("alpha", 0.0)):
+            object.__setattr__(self, name, check_number(f"LIF {name}", getattr(self, name), low, low_open=True))
+        object.__setattr__(self, "v_reset", check_number("LIF v_reset", self.v_reset))
         check_choice("reset", self.reset, ("hard", "soft"))
         check_choice("surrogate", self.surrogate, SURROGATES)
-        if not self.alpha > 0:
-            raise ValueError(f"surrogate alpha must be > 0, got {self.alpha}")
+        if not isinstance(self.detach_reset, bool):
+            raise TypeError(f"LIF detach_reset must be True or False, got {self.detach_reset!r}")
 
     @property
     def beta(self) -> float:

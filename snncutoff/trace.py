@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _native, stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
-from .validation import check_labels, check_ops, check_outputs, json_ready
+from .validation import check_device, check_labels, check_ops, check_outputs, check_path, json_ready
 
 FORMAT_VERSION = 1
 
@@ -89,20 +89,34 @@ class Trace:
         the outputs' dtype (what CPU ``cumsum`` does for float32 anyway); streaming early
         exit accumulates the same way, so both see bit-identical cumulative outputs.
         """
+        what = "per_step_outputs must be a [T, N, C] tensor or a list of [N, C] tensors"
         if not isinstance(per_step_outputs, Tensor):
+            if not isinstance(per_step_outputs, (list, tuple)):
+                raise TypeError(f"{what}, got {type(per_step_outputs).__name__}")
             if len(per_step_outputs) == 0:
                 raise ValueError("per_step_outputs is empty: T must be >= 1")
+            shapes = {tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__ for y in per_step_outputs}
+            if len(shapes) != 1 or not all(isinstance(y, Tensor) for y in per_step_outputs):
+                raise ValueError(f"{what}: every step must be a tensor of the same [N, C] shape, got "
+                                 f"{sorted(map(str, shapes))}")
             per_step_outputs = torch.stack(list(per_step_outputs))
         check_outputs(per_step_outputs, "per_step_outputs")
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
         y = per_step_outputs.detach()
         return cls(torch.cumsum(y.double(), dim=0).to(y.dtype), labels, ops, dict(meta or {}))
 
     @classmethod
     def cat(cls, traces: Sequence[Trace]) -> Trace:
         """Concatenate traces along N (same T and C; ``ops`` kept only if all have it)."""
+        if isinstance(traces, Trace) or not isinstance(traces, (list, tuple)):
+            raise TypeError(f"Trace.cat takes a list of traces, got {type(traces).__name__}")
         traces = list(traces)
         if not traces:
             raise ValueError("Trace.cat needs at least one trace")
+        for i, tr in enumerate(traces):
+            if not isinstance(tr, Trace):
+                raise TypeError(f"Trace.cat: item {i} is a {type(tr).__name__}, not a Trace")
         T, _, C = traces[0].outputs.shape
         for i, tr in enumerate(traces):
             if (tr.T, tr.C) != (T, C):
@@ -235,15 +249,18 @@ class Trace:
 
     # ------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace atomically; readable with ``torch.load(weights_only=True)``."""
+        """Write the trace atomically; readable with ``torch.load(weights_only=True)``.
+
+        ``meta`` is written as JSON-ready data (numpy scalars, dates and paths converted, even
+        if they were put in after the trace was made), so what saves loads."""
         payload = {
             "format_version": FORMAT_VERSION,
             "outputs": self.outputs.cpu(),
             "labels": self.labels.cpu(),
             "ops": None if self.ops is None else self.ops.cpu(),
-            "meta": self.meta,
+            "meta": json_ready(self.meta, "meta"),
         }
-        return atomic_torch_save(payload, path)
+        return atomic_torch_save(payload, check_path("path", path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Trace:
@@ -254,10 +271,12 @@ class Trace:
             CorruptFileError: empty, truncated, foreign or newer-format file (one line naming it).
             ValueError: the stored tensors do not form a valid trace.
         """
-        path = Path(path)
+        path = check_path("path", path)
         fix = "collect it again (snncutoff.collect_trace, snncutoff-bench compare) and save it with Trace.save"
-        payload = load_torch(path, "snncutoff trace", fix, map_location)
+        payload = load_torch(path, "snncutoff trace", fix, check_device(map_location))
         version = payload.get("format_version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise CorruptFileError(f"{path} has an invalid trace format {version!r}; {fix}")
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CorruptFileError(f"{path} has trace format {version}, newer than this snncutoff reads "
                                    f"({FORMAT_VERSION}); upgrade snncutoff")

@@ -41,7 +41,17 @@ from .constraints import QCFS, Clip, Constraint, calibrate
 from .io import CorruptFileError, atomic_torch_save, load_torch
 from .losses import MeanOutputLoss, TETLoss
 from .regularizers import rcs_ann, rcs_snn
-from .validation import check_choice
+from .validation import (
+    INPUT_HINT,
+    batch_labels,
+    check_choice,
+    check_device,
+    check_finite,
+    check_int,
+    check_number,
+    check_path,
+    json_ready,
+)
 
 
 @dataclass
@@ -82,10 +92,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         check_choice("loss", self.loss, ("ce", "mean", "tet"))
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.T < 1:
-            raise ValueError(f"T must be >= 1, got {self.T}")
+        check_choice("encoder", self.encoder, ("direct", "frames"))
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("T", 1), ("seed", 0)):
+            setattr(self, name, check_int(name, getattr(self, name), minimum))
+        self.lr = check_number("lr", self.lr, 0.0, low_open=True)
+        for name in ("weight_decay", "tet_lambda", "rcs_alpha"):
+            setattr(self, name, check_number(name, getattr(self, name), 0.0))
+        self.rcs_fraction = check_number("rcs_fraction", self.rcs_fraction, 0.0, 1.0, low_open=True)
+        self.label_smoothing = check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"extra must be a dict, got {type(self.extra).__name__}")
+        self.extra = json_ready(self.extra, "extra")
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys)."""
@@ -134,10 +151,14 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig | None = None, backend: Any = None,
                  device: torch.device | str | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  resume: bool = False, progress: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if config is not None and not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.model = model
         self.config = config or TrainConfig()
         self.backend = backend
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = check_device(device) or torch.device("cpu")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
         self.progress = progress
@@ -191,6 +212,27 @@ class Trainer:
 
             yield penalty
 
+    def _batch(self, x: Any, y: Any, i: int, what: str) -> tuple[Tensor, Tensor]:
+        """A batch on the device, validated: tensor inputs without NaN, integer labels ``[N]``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} batch {i}: inputs must be a tensor, got {type(x).__name__}")
+        if x.is_floating_point():
+            check_finite(f"inputs of {what} batch {i}", x, ("n",), INPUT_HINT)
+        return x.to(self.device), batch_labels(y, x.shape[0]).to(self.device)
+
+    def _run(self, module: nn.Module, x: Tensor, i: int, what: str) -> Tensor:
+        try:
+            return self._forward(module, x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"running {type(self.model).__name__} on {what} batch {i} of shape {list(x.shape)} "
+                             f"failed: {exc}") from exc
+
+    @staticmethod
+    def _check_classes(out: Tensor, y: Tensor) -> None:
+        C = out.shape[-1]
+        if y.numel() and int(y.max()) >= C:
+            raise ValueError(f"labels must lie in [0, C) = [0, {C}) (the model has {C} outputs), found {int(y.max())}")
+
     @staticmethod
     def _prediction(out: Tensor) -> Tensor:
         return (out.mean(0) if out.dim() == 3 else out).argmax(-1)
@@ -204,9 +246,11 @@ class Trainer:
         self.model.eval()
         correct = total = 0
         try:
-            for x, y in loader:
-                x, y = x.to(self.device), y.to(self.device)
-                correct += int((self._prediction(self._forward(module, x)) == y).sum())
+            for i, (x, y) in enumerate(loader):
+                x, y = self._batch(x, y, i, "evaluation")
+                out = self._run(module, x, i, "evaluation")
+                self._check_classes(out, y)
+                correct += int((self._prediction(out) == y).sum())
                 total += y.numel()
         finally:
             if self.backend is not None:
@@ -247,10 +291,11 @@ class Trainer:
             model.train()
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss*n, correct, n
             with bar(f"epoch {epoch + 1}/{c.epochs}", show, total=len(train_loader)) as b:
-                for x, y in train_loader:
-                    x, y = x.to(self.device), y.to(self.device)
+                for i, (x, y) in enumerate(train_loader):
+                    x, y = self._batch(x, y, i, "training")
                     with self._rcs() as penalty:
-                        out = self._forward(module, x)
+                        out = self._run(module, x, i, "training")
+                    self._check_classes(out, y)
                     loss = criterion(out, y)
                     if c.rcs_alpha > 0:
                         loss = loss + c.rcs_alpha * penalty(out, y)
@@ -267,6 +312,8 @@ class Trainer:
                     b.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", acc=f"{float(sums[1] / sums[2]):.3f}")
             if world > 1:
                 dist.all_reduce(sums)
+            if float(sums[2]) == 0:
+                raise ValueError("the training loader yielded no batch")
             sched.step()
             record = {"epoch": epoch + 1, "loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
                       "lr": sched.get_last_lr()[0]}
@@ -391,7 +438,10 @@ def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         CorruptFileError: the file is empty, truncated, not a torch file, or has no ``model`` entry.
         ValueError: its weights do not fit ``model`` (another architecture, class count or input size).
     """
-    path = Path(path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module to load the weights into, got {type(model).__name__} "
+                        "(load_model(model, path))")
+    path = check_path("path", path)
     ckpt = load_torch(path, "snncutoff checkpoint", "point to a checkpoint written by snncutoff-bench train or a "
                       "Trainer (best.pt / last.pt)")
     if not isinstance(ckpt.get("model"), dict):
@@ -401,6 +451,11 @@ def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if mismatch:
         raise ValueError(f"checkpoint {path} does not match the model ({type(model).__name__}): {mismatch}; it was "
                          "written for another architecture, number of classes, input size or QCFS levels")
+    bad = [k for k, v in ckpt["model"].items() if isinstance(v, Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all()) and not k.endswith("threshold")]
+    if bad:
+        raise CorruptFileError(f"checkpoint {path} holds NaN or infinite weights ({', '.join(bad[:3])}): the training "
+                               "that wrote it diverged; train again with a lower learning rate")
     model.load_state_dict(ckpt["model"])
     return model
 

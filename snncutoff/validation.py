@@ -51,8 +51,84 @@ def json_ready(value: Any, name: str) -> Any:
     raise TypeError(f"{name} must be JSON-ready (str, number, bool, None, list, dict); got {type(value).__name__}")
 
 
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor or array as its Python number; anything else as it is."""
+    if hasattr(value, "item") and tuple(getattr(value, "shape", (None,))) == ():
+        return value.item()
+    return value
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an int (Python, NumPy or 0-d tensor integers; not bool, float or str), ``>= minimum``."""
+    value = _scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float (Python, NumPy or 0-d tensor reals; not bool or str) within the bounds."""
+    value = _scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+    hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+    where = f" in {lo or '(-inf'}, {hi or 'inf)'}" if (low is not None or high is not None) else ""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number{where}, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must lie{where}, got {value:g}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must lie{where}, got {value:g}")
+    return value
+
+
+def check_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` (None stays None); a name torch does not know, or CUDA asked for
+    where there is none, is a ``ValueError`` that says so."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (a torch.device), got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device "
+                         f"(torch {torch.__version__}); use 'cpu'")
+    return dev
+
+
+def check_path(name: str, value: Any) -> Any:
+    """``value`` as a ``pathlib.Path`` (a str or ``os.PathLike``), else a ``TypeError`` naming ``name``."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got {value!r} ({type(value).__name__})")
+    return Path(value)
+
+
+def batch_labels(y: Any, n: int) -> Tensor:
+    """The ``[n]`` integer labels of one batch (int64, CPU), or a clear error naming what is wrong."""
+    y = torch.as_tensor(y).cpu()
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"a batch of {n} inputs came with labels of shape {tuple(y.shape)}: each batch must be "
+                         "(inputs [N, ...], labels [N])")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"labels must lie in [0, C), found {int(y.min())}")
+    return y.long()
+
+
 def check_unit_interval(name: str, value: Any) -> float:
     """Return ``value`` as a float in ``[0, 1)`` or raise ``ValueError``."""
+    value = _scalar(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})")
     value = float(value)
@@ -62,13 +138,8 @@ def check_unit_interval(name: str, value: Any) -> float:
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Return ``value`` as an int ``>= minimum`` or raise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
+    """Return ``value`` as an int ``>= minimum`` or raise (see :func:`check_int`)."""
+    return check_int(name, value, minimum)
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -105,6 +176,8 @@ def check_outputs(outputs: Any, name: str = "outputs") -> Tensor:
     """Check a cumulative output tensor ``[T, N, C]`` (float, finite, T, N >= 1)."""
     if not isinstance(outputs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [T, N, C], got {type(outputs).__name__}")
+    if outputs.is_meta:
+        raise ValueError(f"{name} is on the meta device: it holds no values")
     if outputs.dim() != 3:
         raise ValueError(f"{name} must be 3-D [T, N, C], got shape {tuple(outputs.shape)}")
     T, N, C = outputs.shape

@@ -84,7 +84,7 @@ def test_an_unset_threshold_cannot_be_converted_and_data_sets_it():
     backend = backend_or_skip("snntorch")
     with pytest.raises(ValueError, match="threshold of this QCFS was never set.*calibrate"):
         backend.convert(ann)
-    with pytest.raises(RuntimeError, match="threshold is not set yet"):
+    with pytest.raises(ValueError, match="threshold is not set yet"):
         ann(torch.randn(2, 4))
     torch.manual_seed(0)
     data = [(torch.randn(500, 4), torch.zeros(500, dtype=torch.long))]

@@ -14,20 +14,7 @@ import torch
 from torch import Tensor
 
 from ..collect import Encoder, _split, encode
-from ..validation import INPUT_HINT, check_finite
-
-
-def batch_labels(y: object, n: int) -> Tensor:
-    """The ``[n]`` integer labels of one batch (int64, CPU), or a ``ValueError`` naming what is wrong."""
-    y = torch.as_tensor(y).cpu()
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"a batch of {n} inputs came with labels of shape {tuple(y.shape)}: each batch must be "
-                         "(inputs [N, ...], labels [N])")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if n and int(y.min()) < 0:
-        raise ValueError(f"labels must lie in [0, C), found {int(y.min())}")
-    return y.long()
+from ..validation import INPUT_HINT, batch_labels, check_finite
 
 
 def check_classes(labels: Tensor, classes: int | None) -> None:
@@ -99,7 +86,10 @@ class LoaderFeed(Payload):
             raise ValueError("refill=True needs encoder 'direct', 'frames', 'time_major' or a callable, "
                              f"got {encoder!r}")
         super().__init__(encoder == "direct")
+        if isinstance(data, (Tensor, str)) or not hasattr(data, "__iter__"):
+            raise TypeError(f"data must be an iterable of (inputs, labels) batches, got {type(data).__name__}")
         self.batches, self.T, self.encoder, self.device = iter(data), T, encoder, device
+        self.sample_shape: tuple | None = None  # of every sample's payload, set by the first batch
         self.capacity = capacity
         self.queue: list[Tensor] = []  # batches (or what is left of them) waiting for slots
         self.waiting = 0  # samples in the queue
@@ -120,6 +110,12 @@ class LoaderFeed(Payload):
             x = x.transpose(0, 1)
         if not self.direct and x.shape[1] < self.T:
             raise ValueError(f"encoder={self.encoder!r}: the data holds {x.shape[1]} frames, fewer than T = {self.T}")
+        if self.sample_shape is None:
+            self.sample_shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"refill=True runs samples of different batches together, so every sample must have "
+                             f"the same shape: a batch has {list(x.shape[1:])} per sample after "
+                             f"{list(self.sample_shape)}")
         self.queue.append(x)
         self.waiting += x.shape[0]
         self.labels.append(batch_labels(y, x.shape[0]))
@@ -152,21 +148,38 @@ class StreamFeed(Feed):
     """Frames of a whole batch arriving one step at a time (:func:`stream_early_exit`)."""
 
     def __init__(self, frames: Iterable[Tensor]) -> None:
+        if isinstance(frames, (Tensor, str)) or not hasattr(frames, "__iter__"):
+            raise TypeError("frames must be an iterable of [N, ...] tensors, one per step (a list, a generator), "
+                            f"got {type(frames).__name__}")
         self.it = iter(frames)
         self.first: Tensor | None = None
+        self.t = 0
 
     def take(self, free: int | None) -> Tensor | None:
         if not self.pending:
             return None
         self.pending = False
-        self.first = next(self.it, None)
+        self.first = self._check(next(self.it, None))
         if self.first is None:
             return None
         self.capacity = self.first.shape[0]
         return torch.arange(self.capacity, device=self.first.device)  # payload: each row's batch index
 
+    def _check(self, frame: object) -> Tensor | None:
+        if frame is None:
+            return None
+        if not isinstance(frame, Tensor) or frame.dim() < 1:
+            raise TypeError(f"frame {self.t} of the stream is a {type(frame).__name__}, not an [N, ...] tensor")
+        if self.capacity is not None and frame.shape[0] != self.capacity:
+            raise ValueError(f"frame {self.t} of the stream has {frame.shape[0]} rows, the first had {self.capacity}: "
+                             "every frame holds the whole batch (rows of exited samples are dropped here)")
+        if frame.is_floating_point():
+            check_finite(f"frame {self.t} of the stream", frame, ("n",), INPUT_HINT)
+        self.t += 1
+        return frame
+
     def frames(self, payload: Tensor, t_rows: Tensor, k: int) -> Tensor | None:
-        frame, self.first = (self.first, None) if self.first is not None else (next(self.it, None), None)
+        frame, self.first = (self.first, None) if self.first is not None else (self._check(next(self.it, None)), None)
         if frame is None:
             return None
         if payload.numel() != frame.shape[0]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cutoff.base import CutoffPolicy
-from ..validation import check_finite
+from ..validation import check_finite, check_int
 from .feeds import Feed
 
 Exits = tuple[Tensor, Tensor, Tensor, Tensor | None]
@@ -26,13 +26,17 @@ Exits = tuple[Tensor, Tensor, Tensor, Tensor | None]
 
 
 def resolve_T(policy: CutoffPolicy, T: int | None) -> int:
+    """The last step of a run: ``T``, or the fitted policy's ``T_`` (and the two must agree)."""
+    if not isinstance(policy, CutoffPolicy):
+        hint = f" (the class: pass an instance, {policy.__name__}())" if isinstance(policy, type) else ""
+        raise TypeError(f"policy must be a cutoff rule such as snncutoff.TopKGap(0.0).fit(trace), got "
+                        f"{policy!r}{hint}")
     fitted = getattr(policy, "T_", None)
     if T is None:
         if fitted is None:
             raise ValueError(f"{policy!r} is not fitted on a trace: pass T (the largest number of steps)")
         return fitted
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    T = check_int("T", T, 1)
     if fitted is not None and fitted != T:
         raise ValueError(f"{policy!r} was fitted on T = {fitted} steps, but T = {T} was asked for")
     return T
@@ -50,9 +54,13 @@ def _block_length(block: int | str, T: int, t_max: int, running: int, capacity: 
 
 
 def check_block(block: int | str) -> int | str:
-    if block == "auto" or (isinstance(block, int) and not isinstance(block, bool) and block >= 1):
+    """``"auto"`` or an integer >= 1."""
+    if block == "auto":
         return block
-    raise ValueError(f"block must be 'auto' or an integer >= 1, got {block!r}")
+    try:
+        return check_int("block", block, 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"block must be 'auto' or an integer >= 1, got {block!r}") from None
 
 
 def _running_sum(start: Tensor | None, steps: Tensor) -> Tensor:
@@ -156,6 +164,7 @@ class Session:
         self.stateful = backend.stateful_modules(net)  # found once, not at every exit
         self.count_ops = count_ops
         self.first_batch: int | None = None
+        self.classes: int | None = None
 
     def __enter__(self) -> Session:
         self.modes = [(m, m.training) for m in self.net.modules()]
@@ -194,15 +203,22 @@ class Session:
             else:
                 y = self.backend.run_block(self.net, x, self.readout, self.plan)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise ValueError(self._failure(exc, n)) from exc
+            raise ValueError(self._failure(exc, x)) from exc
         self._check(y, k, n)
+        if self.classes is None:
+            self.classes = y.shape[-1]
+        elif y.shape[-1] != self.classes:
+            raise ValueError(f"{type(self.net).__name__} returned {y.shape[-1]} classes at step {t_first} after "
+                             f"{self.classes} before: the outputs must keep their [N, C] shape from step to step")
         steps = f"step {t_first}" if k == 1 else f"steps {t_first}..{t_first + k - 1}"
         check_finite(f"outputs at {steps}", y, ("k", "n"))
         ops = self.rec.take_ops(k).view(k, -1) if self.rec is not None else None
         return y, ops
 
-    def _failure(self, exc: BaseException, n: int) -> str:
-        what = f"running {type(self.net).__name__} for early exit failed on a batch of {n}: {exc}"
+    def _failure(self, exc: BaseException, x: Tensor) -> str:
+        n = x.shape[1]
+        what = (f"running {type(self.net).__name__} for early exit failed on inputs of shape {list(x.shape[1:])} "
+                f"({n} samples): {exc}")
         if self.first_batch is not None and n < self.first_batch:
             return (f"{what}. Early exit drops samples from the batch as they exit (it had {self.first_batch}), so "
                     "the network must take any batch size: a forward that reshapes with a fixed batch size, such "

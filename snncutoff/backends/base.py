@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..convert import ConvertedActivation, convert_ann
+from ..convert import ConversionError, ConvertedActivation, convert_ann, convert_for_training
 from ..layers import TEBN
 from ..record import Recorder
 from ..spec import IF, LIF
+from ..validation import check_device
 
 Readout = str | Callable[[Any], Tensor]
 
@@ -202,6 +203,9 @@ class Backend(ABC):
         The result carries ``snncutoff_activations``, the list of what was converted.
         """
         spec = spec if spec is not None else IF()
+        if isinstance(ann, nn.Module):
+            self._refuse_snn(ann)
+        device = check_device(device)
         if isinstance(spec, LIF):
             if tebn is not None and step_mode != "m":
                 raise ValueError("tebn needs a multi-step network (step_mode='m'): TEBN normalises over T and N "
@@ -212,10 +216,8 @@ class Backend(ABC):
                     return TEBN.from_batchnorm(m, tebn)
                 return self.map_layer(m, step_mode)
 
-            snn, acts = convert_ann(
-                ann, lambda theta, v: self.lif_neuron(spec), IF(threshold=spec.threshold, v_init=0.0),
-                map_layer=map_train, training=True, example_input=example_input,
-            )
+            snn, acts = convert_for_training(ann, lambda theta, v: self.lif_neuron(spec), spec.threshold,
+                                             map_layer=map_train, example_input=example_input)
         elif isinstance(spec, IF):
             snn, acts = convert_ann(
                 ann, self.if_neuron, spec, calibration, threshold_rule=threshold_rule, maxpool=maxpool,
@@ -228,6 +230,18 @@ class Backend(ABC):
         snn.snncutoff_activations: list[ConvertedActivation] = acts
         self.reset(snn)
         return snn
+
+    def _refuse_snn(self, ann: nn.Module) -> None:
+        """A network that already holds spiking neurons is not an ANN to convert."""
+        from .registry import recognising
+
+        mine = sorted({type(m).__name__ for m in ann.modules() if self.is_spiking(m) or self.is_stateful(m)})
+        other = None if mine else recognising(ann, exclude=self.name)
+        if mine or other:
+            kind = ", ".join(mine[:3]) if mine else other[2]
+            raise ConversionError(
+                f"{type(ann).__name__} already holds spiking neurons ({kind}): it is an SNN, not an ANN to convert. "
+                "Convert the ANN it came from, or pass this network to collect_trace / early_exit as it is")
 
     def stateful_modules(self, net: nn.Module) -> list[nn.Module]:
         """Every module of ``net`` holding state across steps."""
@@ -264,9 +278,17 @@ class Backend(ABC):
 
     def _readout(self, net: nn.Module, out: Any, readout: Readout) -> Tensor:
         if callable(readout):
-            return readout(out)
+            y = readout(out)
+            if not isinstance(y, Tensor):
+                raise ValueError(f"the readout callable returned a {type(y).__name__}, not the [N, C] tensor of "
+                                 "the step's outputs")
+            return y
         if readout in ("auto", "spikes"):
-            return out[0] if isinstance(out, (tuple, list)) else out
+            y = out[0] if isinstance(out, (tuple, list)) else out
+            if not isinstance(y, Tensor):
+                raise ValueError(f"{type(net).__name__} returned a {type(y).__name__}; the default readout takes a "
+                                 "tensor (or the first element of a tuple): pass readout= a callable that picks it")
+            return y
         if readout == "membrane":
             if isinstance(out, (tuple, list)):
                 return out[-1]

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..result import CutoffResult
 from ..stats import first_exit
 from ..trace import Trace
-from ..validation import NotFittedError, check_min_classes
+from ..validation import NotFittedError, check_finite, check_int, check_min_classes
 
 
 def fitted_view(doc: str) -> property:
@@ -205,8 +205,11 @@ class CutoffPolicy:
             raise ValueError(f"{what}, got {shape}")
         if not outputs.is_floating_point():
             raise TypeError(f"{what}: a floating-point tensor, got dtype {outputs.dtype}")
+        if dims == 3 and outputs.shape[0] == 0:
+            raise ValueError(f"{what}: the block holds no step (k = 0)")
         if self.min_classes > 1:
             check_min_classes(outputs.shape[-1], type(self).__name__)
+        check_finite("outputs", outputs, ("k", "n") if dims == 3 else ("n",))
 
     def _check_state(self, state: Tensor | None, n: int) -> None:
         if not self.state_size:
@@ -234,15 +237,16 @@ class CutoffPolicy:
         self._check_step_outputs(outputs, 3, "outputs must be the cumulative outputs [k, N, C] of k steps")
         k, n = outputs.shape[:2]
         self._check_state(state, n)
-        per_row = isinstance(t0, Tensor)
+        per_row = isinstance(t0, Tensor) and t0.dim() > 0
         if per_row:
+            if t0.is_floating_point() or t0.dtype == torch.bool:
+                raise TypeError(f"t must be an int or a [N] integer tensor, got a {t0.dtype} tensor")
             t0 = t0.to(device=outputs.device, dtype=torch.long)
             if t0.shape != (n,):
                 raise ValueError(f"t must be an int or a [N] = [{n}] tensor, got {tuple(t0.shape)}")
             lo, hi = (int(t0.min()), int(t0.max()) + k - 1) if n else (0, 0)
         else:
-            if isinstance(t0, bool) or not isinstance(t0, int):
-                raise TypeError(f"t must be an int or a [N] integer tensor, got {type(t0).__name__}")
+            t0 = check_int("t", t0)
             lo, hi = t0, t0 + k - 1
         if lo < 0:
             raise ValueError(f"t must be >= 0, got {t0}")
@@ -289,6 +293,8 @@ class CutoffPolicy:
 
     def sweep(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> list[CutoffResult]:
         """One result per value of ``param``, from the two traces only (see :func:`snncutoff.sweep`)."""
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise TypeError(f"values must be a list of {self.param} values, got {values!r}")
         values = list(values)
         if not values:
             raise ValueError(f"values must list at least one {self.param}")
@@ -336,4 +342,7 @@ def sweep(
     Returns:
         one :class:`CutoffResult` per value, in order.
     """
+    if not isinstance(policy, CutoffPolicy):
+        hint = f" (the class: pass an instance, {policy.__name__}())" if isinstance(policy, type) else ""
+        raise TypeError(f"policy must be a cutoff rule such as snncutoff.TopKGap(), got {policy!r}{hint}")
     return policy.sweep(calibration, test, values)
