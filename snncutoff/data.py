@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .validation import check_int
+
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "cifar10-dvs", "dvs128-gesture", "n-mnist")
 
 
@@ -54,7 +56,8 @@ class DataSplit:
     def loaders(self, batch_size: int = 128, shuffle_train: bool = True, seed: int = 0,
                 num_workers: int = 0) -> tuple[DataLoader, DataLoader]:
         """``(train_loader, test_loader)``; the training order is seeded."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_int("seed", seed, 0))
+        batch_size = check_int("batch_size", batch_size, 1)
         return (
             DataLoader(self.train, batch_size=batch_size, shuffle=shuffle_train, generator=g,
                        num_workers=num_workers, drop_last=False),
@@ -217,6 +220,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, T: int = 16, d
         download: allow torchvision / SpikingJelly to download (never in tests).
         augment: CIFAR training augmentation (random crop with padding 4, horizontal flip).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a data set name or a .npz path (str), got {type(name).__name__}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a folder path, got {type(data_dir).__name__}")
     if name == "digits":
         return digits()
     if str(name).endswith(".npz"):
@@ -267,8 +274,9 @@ class FrameFolder(Dataset):
     ``DatasetFolder`` does. Items are ``(float32 tensor [T, 2, H, W], label)``.
     """
 
-    def __init__(self, root: Path, files: list[tuple[Path, int]] | None = None) -> None:
+    def __init__(self, root: Path, files: list[tuple[Path, int]] | None = None, T: int | None = None) -> None:
         self.root = Path(root)
+        self.T = T
         classes = sorted(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
         self.classes = classes
         self.files = files if files is not None else [
@@ -283,8 +291,18 @@ class FrameFolder(Dataset):
         import numpy as np
 
         path, label = self.files[i]
-        with np.load(path) as f:
-            return torch.from_numpy(np.asarray(f["frames"], dtype=np.float32)), label
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "frames" not in f.files:
+                    raise ValueError(f"it holds {', '.join(f.files) or 'no array'}, not 'frames'")
+                frames = np.asarray(f["frames"], dtype=np.float32)
+        except (OSError, EOFError, ValueError) as exc:
+            raise ValueError(f"event-frame file {path} is unreadable ({exc}); delete the frames folder to have "
+                             "SpikingJelly integrate the events again") from None
+        if self.T is not None and frames.shape[0] != self.T:
+            raise ValueError(f"event-frame file {path} holds {frames.shape[0]} frames, the folder name promises "
+                             f"{self.T}; delete the folder to integrate the events again")
+        return torch.from_numpy(frames), label
 
 
 def _split_per_class(folder: FrameFolder, train_ratio: float = 0.9, seed: int = 0) -> tuple[FrameFolder, FrameFolder]:
@@ -296,7 +314,10 @@ def _split_per_class(folder: FrameFolder, train_ratio: float = 0.9, seed: int = 
         cut = int(round(train_ratio * len(items)))
         train += [items[j] for j in order[:cut]]
         test += [items[j] for j in order[cut:]]
-    return FrameFolder(folder.root, train), FrameFolder(folder.root, test)
+    if not train or not test:
+        raise DatasetNotFoundError(f"{folder.root} holds {len(folder.files)} samples: too few to split "
+                                   f"{train_ratio:g} / {1 - train_ratio:g} per class into training and test sets")
+    return FrameFolder(folder.root, train, folder.T), FrameFolder(folder.root, test, folder.T)
 
 
 def _event(name: str, root: Path, T: int, download: bool) -> DataSplit:
@@ -305,9 +326,9 @@ def _event(name: str, root: Path, T: int, download: bool) -> DataSplit:
     if not frames.is_dir():
         _integrate_with_spikingjelly(name, root, T, download)
     if name == "cifar10-dvs":  # published without a split: 90 / 10 per class, seeded
-        train, test = _split_per_class(FrameFolder(frames))
+        train, test = _split_per_class(FrameFolder(frames, T=T))
     else:
-        train, test = FrameFolder(frames / "train"), FrameFolder(frames / "test")
+        train, test = FrameFolder(frames / "train", T=T), FrameFolder(frames / "test", T=T)
     return DataSplit(name, train, test, classes, 2, size, event=True)
 
 

@@ -19,12 +19,12 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-import torch
 
 from snncutoff import LIF, Trace, backends
 from snncutoff.data import DATASETS
 from snncutoff.io import atomic_torch_save
 from snncutoff.models import MODELS
+from snncutoff.validation import check_device
 
 from .pipeline import POLICIES, BenchConfig, BenchInputError
 
@@ -110,7 +110,7 @@ def bench_options(fn):
         click.option("--T", "T", default=32, show_default=True, type=click.IntRange(min=1), help="Timesteps."),
         click.option("--backends", default=None, help="Comma-separated backends (default: every installed one)."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Random seed."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed."),
         click.option("--epochs", default=None, type=click.IntRange(min=1),
                      help="Training epochs (default: per data set and route)."),
         click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1)),
@@ -418,8 +418,10 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
     from . import speed as sp
 
     names = list(_split_csv(backends)) or None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for but torch sees no CUDA device")
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise BenchError(f"--device: {exc}") from None
     out = _output_dir(output_dir, "speed")
     if early_exit:
         from snncutoff import data

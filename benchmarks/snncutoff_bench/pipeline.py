@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from snncutoff import backends, constraints, data, models
 from snncutoff.fidelity import conversion_report
 from snncutoff.io import atomic_write_json
 from snncutoff.train import TrainConfig, Trainer, load_model, seed_everything
+from snncutoff.validation import check_device
 
 from . import encoders
 
@@ -119,9 +121,15 @@ def check_config(cfg: BenchConfig) -> list[str]:
             raise BenchInputError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
     if cfg.T < 1:
         raise BenchInputError(f"T must be >= 1, got {cfg.T}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchInputError("--device cuda was asked for but torch sees no CUDA device "
-                              f"(torch {torch.__version__}); use --device cpu")
+    try:
+        check_device(cfg.device)
+    except ValueError as exc:
+        raise BenchInputError(f"--device: {exc}") from None
+    for name in ("rcs_alpha", "max_loss", "delta", "calibration_size"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise BenchInputError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.seed < 0:
+        raise BenchInputError(f"--seed must be >= 0, got {cfg.seed}")
     if not (0 < cfg.max_loss < 1) or not (0 < cfg.delta < 1):
         raise BenchInputError(f"--max-loss and --delta must lie in (0, 1), got {cfg.max_loss} and {cfg.delta}")
     if not (0 < cfg.calibration_size < 1 or (cfg.calibration_size >= 1 and float(cfg.calibration_size).is_integer())):
