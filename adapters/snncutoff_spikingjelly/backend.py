@@ -252,6 +252,11 @@ class SpikingJellyBackend(Backend):
             for m, was in zip(nodes, saved):
                 m.store_v_seq = was
 
+    def integrate_events(self, dataset: str, root: Any, T: int, download: bool) -> bool:
+        from .datasets import integrate_events
+
+        return integrate_events(dataset, root, T, download)
+
     def describe(self) -> dict[str, Any]:
         """Version and kernel information for reports."""
         return {"version": self.version, "legacy_api": sj().legacy, "gpu_kernel": self.gpu_kernel,

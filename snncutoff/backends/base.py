@@ -146,6 +146,11 @@ class Backend(ABC):
         snncutoff's own :class:`~snncutoff.layers.TEBN` is one (its scale depends on the step index)."""
         return isinstance(module, TEBN)
 
+    def integrate_events(self, dataset: str, root: Any, T: int, download: bool) -> bool:
+        """Turn the raw events of the event data set ``dataset`` under ``root`` into T frames per sample,
+        written as ``root/frames_number_<T>_split_by_number/...``; False if this backend cannot."""
+        return False
+
     def check_network(self, net: nn.Module) -> None:
         """Refuse a network in which this backend finds no neuron (wrong backend, or a neuron of its own
         kind whose state snncutoff could neither reset nor shrink), naming the backend that knows it."""

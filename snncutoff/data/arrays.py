@@ -1,0 +1,93 @@
+"""Data in memory: scikit-learn's digits (the embedded default) and arrays or ``.npz`` files of your own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from .split import DatasetNotFoundError, DataSplit
+
+
+def from_arrays(x, y, test_size: int | float = 0.2, seed: int = 0, name: str = "arrays") -> DataSplit:
+    """Images and labels in memory as a seeded, stratified train / test :class:`DataSplit`.
+
+    Args:
+        x: ``[N, H, W]`` or ``[N, C, H, W]`` images (numpy or torch), ``uint8`` (0-255, scaled
+            to [0, 1]) or float; square (``H == W``), as the models expect.
+        y: ``[N]`` integer labels ``0 .. classes - 1``.
+        test_size: test samples, a count or a fraction.
+    Pixels are standardised with the mean and standard deviation of the training images.
+    """
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"x must be [N, H, W] or [N, C, H, W] images, got shape {tuple(x.shape)}")
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"images must be square (the models assume H = W), got {x.shape[-2]} x {x.shape[-1]}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be [N] = [{x.shape[0]}] labels, got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        if not bool((y == y.round()).all()):
+            raise ValueError("y must hold integer class labels, found fractional values")
+    y = y.long()
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, found {int(y.min())}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values")
+    from sklearn.model_selection import train_test_split
+
+    idx = torch.arange(len(y)).numpy()
+    try:
+        train_idx, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y.numpy())
+    except ValueError as exc:
+        raise ValueError(f"cannot split {len(y)} samples with test_size={test_size!r}: {exc}") from None
+    x_train, x_test = x[train_idx], x[test_idx]
+    mean, std = x_train.mean(), x_train.std().clamp(min=1e-12)
+    return DataSplit(name, TensorDataset((x_train - mean) / std, y[train_idx]),
+                     TensorDataset((x_test - mean) / std, y[test_idx]), num_classes=int(y.max()) + 1,
+                     in_channels=x.shape[1], input_size=x.shape[-1], normalization=(float(mean), float(std)))
+
+
+def load_npz(path: str | os.PathLike, test_size: int | float = 0.2, seed: int = 0) -> DataSplit:
+    """A ``.npz`` file holding ``x`` (images) and ``y`` (labels) as a :class:`DataSplit` (see :func:`from_arrays`)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"no .npz data file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise ValueError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has "
+                                 f"{', '.join(f.files) or 'none'}")
+            x, y = f["x"], f["y"]
+    except (OSError, EOFError, ValueError) as exc:
+        if "must hold arrays" in str(exc):
+            raise
+        raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
+    return from_arrays(x, y, test_size, seed, name=path.stem)
+
+
+def digits(test_size: int = 450, seed: int = 0) -> DataSplit:
+    """scikit-learn's handwritten digits as ``[N, 1, 8, 8]`` float tensors (no download)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=test_size, random_state=seed, stratify=d.target
+    )
+    x_train, x_test = x[idx_train], x[idx_test]
+    mean, std = x_train.mean(), x_train.std()
+    norm = lambda t: (t - mean) / std  # noqa: E731
+    return DataSplit("digits", TensorDataset(norm(x_train), y[idx_train]), TensorDataset(norm(x_test), y[idx_test]),
+                     num_classes=10, in_channels=1, input_size=8, normalization=(float(mean), float(std)))
