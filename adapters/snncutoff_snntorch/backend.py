@@ -53,6 +53,33 @@ class SnnTorchBackend(Backend):
         inner = self._wrapped(net)  # report snncutoff's wrappers, not the Leaky inside them
         return [(n, m) for n, m in net.named_modules() if self.is_spiking(m) and id(m) not in inner]
 
+    def native_twin(self, net: nn.Module) -> tuple[nn.Module, Any]:
+        """Every :class:`IFNeuron` as snnTorch users write one, ``Leaky(beta=1, init_hidden=True)`` with its
+        own delayed subtract reset (spikes on ``U > theta``), scaled by theta; reset with ``reset_mem``."""
+        import copy
+
+        class Scaled(nn.Module):
+            def __init__(self, theta: float) -> None:
+                super().__init__()
+                self.theta = theta
+                self.lif = snn().Leaky(beta=1.0, threshold=theta, init_hidden=True)
+
+            def forward(self, x: Tensor) -> Tensor:
+                return self.lif(x) * self.theta
+
+        twin = copy.deepcopy(net)
+        for parent in list(twin.modules()):
+            for key, child in list(parent.named_children()):
+                if isinstance(child, IFNeuron):
+                    setattr(parent, key, Scaled(child.threshold))
+
+        def reset(model: nn.Module) -> None:
+            for m in model.modules():
+                if hasattr(m, "reset_mem"):
+                    m.reset_mem()
+
+        return twin, reset
+
     def processes_sequences(self, module: nn.Module) -> bool:
         """``LeakyParallel``, ``LeakyKernel``, ``StateLeaky`` (and ``LinearLeaky``), ``AssociativeLeaky``:
         neurons that take a time-major ``[T, N, ...]`` sequence per call and keep no state between calls."""

@@ -48,6 +48,7 @@ class SpikingJellyBackend(Backend):
     """
 
     name = "spikingjelly"
+    options = ("gpu_kernel",)
     neuron_hint = "a base.MemoryModule such as neuron.IFNode or neuron.LIFNode"
     step_modes = ("s", "m")
     preferred_step_mode = "m"  # multi-step: one call per sequence (and cupy / CUDA kernels on a GPU)
@@ -251,6 +252,12 @@ class SpikingJellyBackend(Backend):
         finally:
             for m, was in zip(nodes, saved):
                 m.store_v_seq = was
+
+    def native_twin(self, net: nn.Module) -> tuple[nn.Module, Any]:
+        """Already SpikingJelly's own modules (IFNode and a scaling wrapper), reset with ``functional.reset_net``."""
+        import copy
+
+        return copy.deepcopy(net), sj().functional.reset_net
 
     def integrate_events(self, dataset: str, root: Any, T: int, download: bool) -> bool:
         from .datasets import integrate_events

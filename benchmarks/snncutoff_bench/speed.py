@@ -51,45 +51,12 @@ def _qcfs(model: str, channels: int, size: int, seed: int = 0) -> nn.Module:
     return sc.constraints.apply(ann, "qcfs", levels=8, threshold=2.0).eval()
 
 
-def native_net(name: str, snn: nn.Module) -> nn.Module:
-    """The converted ``snn`` written by hand in the framework's usual style (same weights).
-
-    SpikingJelly: the same layers with ``IFNode(v_reset=None)`` and a plain scaling
-    module, stepped with ``net(x)`` and reset with ``functional.reset_net``.
-    snnTorch: ``Leaky(beta=1, init_hidden=True, reset_mechanism='subtract')`` neurons
-    stepped with ``net(x)`` (snnTorch's own delayed reset; spikes on ``>``).
-    """
-    import copy
-
-    net = copy.deepcopy(snn)
-    if name == "spikingjelly":
-        return net  # already plain SpikingJelly modules: IFNode + a scaling wrapper
-    import snntorch
-
-    from snncutoff_snntorch import IFNeuron
-
-    class Scaled(nn.Module):
-        def __init__(self, theta):
-            super().__init__()
-            self.theta = theta
-            self.lif = snntorch.Leaky(beta=1.0, threshold=theta, init_hidden=True)
-
-        def forward(self, x):
-            return self.lif(x) * self.theta
-
-    for parent in list(net.modules()):
-        for key, child in list(parent.named_children()):
-            if isinstance(child, IFNeuron):
-                setattr(parent, key, Scaled(child.threshold))
-    return net
-
-
 def _backend(name: str, gpu_kernel: str | None):
-    if name == "spikingjelly" and gpu_kernel is not None:
-        from snncutoff_spikingjelly import SpikingJellyBackend
-
-        return SpikingJellyBackend(gpu_kernel)
-    return backends.get(name)
+    """The backend ``name``, with SpikingJelly-style kernel choice where it takes one (``options``)."""
+    b = backends.get(name)
+    if gpu_kernel is not None and "gpu_kernel" in b.options:
+        return backends.get(name, gpu_kernel=gpu_kernel)
+    return b
 
 
 def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: int = 128, T: int = 16,
@@ -110,18 +77,12 @@ def backend_paths(model: str = "cnn", size: int = 8, channels: int = 1, batch: i
         if hasattr(b, "kernel"):
             out["spikingjelly_kernel"] = b.kernel()
         single = b.convert(ann).to(device)
-        multi = b.convert(ann, step_mode="m").to(device) if name == "spikingjelly" else single
-        native = native_net(name, single).to(device)
+        multi = b.convert(ann, step_mode=b.preferred_step_mode).to(device)
+        native, native_reset = b.native_twin(single)
+        native = native.to(device)
 
-        def native_loop(net=native, name=name):
-            if name == "spikingjelly":
-                from spikingjelly.activation_based import functional
-
-                functional.reset_net(net)
-            else:
-                for m in net.modules():
-                    if hasattr(m, "reset_mem"):
-                        m.reset_mem()
+        def native_loop(net=native, reset=native_reset):
+            reset(net)
             for t in range(T):
                 net(x_seq[t])
 

@@ -10,6 +10,7 @@ author whether their backend keeps the contract.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ class Backend(ABC):
     install_hint: ClassVar[str] = ""
     #: what the framework's neurons are, for a user whose network holds none
     neuron_hint: ClassVar[str] = ""
+    #: the keyword options the backend takes (``registry.get(name, **options)``)
+    options: ClassVar[tuple[str, ...]] = ()
     #: the step modes :meth:`convert` offers (``"s"``: one step per call; ``"m"``: ``[T, N, ...]`` per call)
     step_modes: ClassVar[tuple[str, ...]] = ("s",)
     #: the mode to run whole sequences in (trace collection, training) where the framework has a choice
@@ -145,6 +148,12 @@ class Backend(ABC):
         is given). A network holding one runs whole sequences only: no early exit, no step loop.
         snncutoff's own :class:`~snncutoff.layers.TEBN` is one (its scale depends on the step index)."""
         return isinstance(module, TEBN)
+
+    def native_twin(self, net: nn.Module) -> tuple[nn.Module, Callable[[nn.Module], None]]:
+        """``net`` (converted) written as the framework's users write it, with the same weights, and the
+        framework's own way of resetting it: the baseline of the adapter-overhead benchmark. Default: a
+        copy, reset through :meth:`reset`."""
+        return copy.deepcopy(net), self.reset
 
     def integrate_events(self, dataset: str, root: Any, T: int, download: bool) -> bool:
         """Turn the raw events of the event data set ``dataset`` under ``root`` into T frames per sample,
