@@ -76,7 +76,7 @@ def conversion_table(results: dict) -> list[str]:
 
 def sweep_table(results: dict) -> str:
     """One table per backend: the Pareto-optimal points of each policy family."""
-    from .pipeline import pareto_front
+    from .policies import pareto_front
 
     lines = []
     for name, families in results["backends"].items():

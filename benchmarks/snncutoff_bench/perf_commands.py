@@ -1,0 +1,146 @@
+"""``speed``, ``core-speed`` and ``info``: the performance and environment commands of snncutoff-bench."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from snncutoff.validation import check_device
+
+from .cli import BenchError, _command_line, _finish, _output_dir, _split_csv, handle_errors, main
+
+
+def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"must be 'auto' or an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@main.command()
+@click.option("--model", default="cnn", show_default=True, help="cnn (digits size) or vgg11 / vgg16 (CIFAR size).")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--T", "T", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--backends", default=None, help="Comma-separated backends (default: every installed one).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--early-exit", is_flag=True,
+              help="Time streaming early exit vs all T steps (digits CNN, QCFS) next to T / mean exit step.")
+@click.option("--epsilon", default=0.0, show_default=True, type=float,
+              help="TopKGap epsilon of --early-exit (the overhead when nothing exits is timed with Confidence(0)).")
+@click.option("--block", default="auto", show_default=True, callback=_block_option,
+              help="Steps between decisions of --early-exit: 'auto' or an integer (1: decide after every step).")
+@click.option("--stream-repeats", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Long stream of --early-exit: the test set this many times over, with refill.")
+@click.option("--gpu-kernel", default=None, type=click.Choice(["auto", "cupy", "triton", "torch"]),
+              help="SpikingJelly kernel family (0.0.0.0.14: cupy/torch; 2.x: auto/triton/torch).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Trained-ANN cache for --early-exit (default ~/.cache/snncutoff).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, block, stream_repeats, gpu_kernel,
+          cache_dir, output_dir, quiet, as_json) -> None:
+    """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
+    from . import speed as sp
+
+    names = list(_split_csv(backends)) or None
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise BenchError(f"--device: {exc}") from None
+    out = _output_dir(output_dir, "speed")
+    if early_exit:
+        from snncutoff import data
+
+        from .ann import trained_ann
+        from .config import BenchConfig
+
+        cfg = BenchConfig(T=T, cache_dir=cache_dir)
+        split = data.digits()
+        ann, _ = trained_ann(cfg, split, quiet)
+        train, test = split.loaders(batch_size, shuffle_train=False)
+        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, test),
+                                      block, stream_repeats)
+        rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
+                "realised / ideal | same, block=1 | network alone / ideal | decisions add | "
+                "vs all T in one block | overhead, nothing exits: can't / decided | "
+                "test set, refill: speed-up / ideal | "
+                "long stream, refill: speed-up / ideal |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows += [f"| {n} | {e['full_seconds']:.4f} | {e['early_exit_seconds']:.4f} | {e['mean_exit_step']:.2f} | "
+                 f"{e['realised_speedup']:.2f}x | {e['ideal_speedup']:.2f}x | {e['realised_over_ideal']:.2f} | "
+                 f"{e['step_by_step_over_ideal']:.2f} | {e['network_bound_over_ideal']:.2f} | "
+                 f"{100 * e['decision_overhead']:+.0f}% | {e['realised_speedup_vs_full_block']:.2f}x | "
+                 f"{100 * e['no_exit_overhead']:+.1f}% / {100 * e['no_exit_decided_overhead']:+.1f}% | "
+                 f"{e['loader_refill_speedup']:.2f}x / "
+                 f"{e['loader_ideal_speedup']:.2f}x | {e['stream_refill_speedup']:.2f}x / "
+                 f"{e['loader_ideal_speedup']:.2f}x ({e['stream_samples']} samples) |"
+                 for n, e in results["backends"].items()]
+    else:
+        size, ch = (8, 1) if model == "cnn" else (32, 3)
+        results = sp.backend_paths(model, size, ch, batch_size, T, names, device, repeats, gpu_kernel)
+        rows = ["| backend | native ms/step | adapter step ms/step | adapter run ms/step | adapter overhead | "
+                "run / step |", "|---|---:|---:|---:|---:|---:|"]
+        rows += [f"| {n} | {e['native_ms_per_step']:.3f} | {e['step_ms_per_step']:.3f} | {e['run_ms_per_step']:.3f} | "
+                 f"{100 * e['adapter_overhead']:+.1f}% | {e['run_over_step']:.2f} |"
+                 for n, e in results["backends"].items()]
+    results["command"] = _command_line()
+    _finish(results, out, as_json, "\n".join(rows), quiet)
+
+
+@main.command("core-speed")
+@click.option("--T", "T", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Timesteps of the synthetic traces.")
+@click.option("--N", "N", default=50_000, show_default=True, type=click.IntRange(min=1), help="Samples per trace.")
+@click.option("--C", "C", default=100, show_default=True, type=click.IntRange(min=2), help="Classes.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Best of this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
+    """Top-K calibration speed: snncutoff vs a per-threshold Python loop (ratios from one run)."""
+    from .core_speed import measure
+
+    click.echo(f"synthetic traces T={T} N={N} C={C}: {2 * T * N * C * 4 / 1e9:.2f} GB", err=True)
+    d = measure(T, N, C, repeats=repeats).to_dict()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    rows = [
+        ("loop baseline (grid, topk)", d["baseline_s"], 1.0),
+        ("TopKGap exact, fit+evaluate, new traces", d["exact_cold_s"], d["exact_cold_speedup"]),
+        ("TopKGap exact, fit+evaluate, gaps cached", d["exact_warm_s"], d["exact_warm_speedup"]),
+        ("TopKGap grid (bit-exact SNNCutoff), new traces", d["grid_cold_s"], d["grid_cold_speedup"]),
+        (f"sweep over {d['sweep_values']} epsilons, new traces", d["sweep_cold_s"],
+         d["baseline_s"] / d["sweep_cold_s"]),
+    ]
+    click.echo("| variant | seconds | speed-up vs loop |\n|---|---:|---:|")
+    for name, sec, ratio in rows:
+        click.echo(f"| {name} | {sec:.3f} | {ratio:.1f}x |")
+    click.echo(f"\nsweep / single fit+evaluate: {d['sweep_over_single_fit_evaluate']:.2f}x")
+    if not d["native_kernel"]:
+        click.echo("(the optional C top-2 kernel is not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
+                   "about 3x slower on new traces; reinstall with a C compiler present)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@handle_errors
+def info(as_json: bool) -> None:
+    """Versions of torch, the frameworks, cupy and CUDA, and which backends are usable."""
+    from .environment import describe
+
+    d = describe()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    for key, value in d.items():
+        if isinstance(value, dict):
+            click.echo(f"{key}:")
+            for k, v in value.items():
+                click.echo(f"  {k}: {v}")
+        else:
+            click.echo(f"{key}: {value}")
