@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from ._progress import progress as progress_bar
 from .backends import resolve
-from .trace import Trace
-from .validation import INPUT_HINT, batch_labels, check_device, check_finite, check_int
+from .summary import TraceSummary, summarize
+from .trace import Trace, cumulative
+from .validation import INPUT_HINT, batch_labels, check_choice, check_device, check_finite, check_int
 
 Encoder = str | Callable[[Tensor, int], Tensor]
 ENCODERS = ("direct", "frames", "time_major", "none")
@@ -96,7 +97,9 @@ def collect_trace(
     device: torch.device | str | None = None,
     progress: bool = True,
     meta: dict | None = None,
-) -> Trace:
+    keep: str = "full",
+    max_set_size: int = 1,
+) -> Trace | TraceSummary:
     """Run ``net`` for T steps on every batch of ``data`` and return the :class:`Trace`.
 
     Args:
@@ -114,6 +117,10 @@ def collect_trace(
         device: move inputs (and the network) there; None leaves both where they are.
         progress: show a tqdm bar on stderr.
         meta: stored in ``Trace.meta`` (with backend, T and encoder).
+        keep: ``"full"`` (the cumulative outputs ``[T, N, C]``) or ``"summary"``: a
+            :class:`~snncutoff.summary.TraceSummary` of the statistics every policy and the OCT
+            read, built batch by batch in O(T N) memory (the same results; ``Conformal`` up to
+            ``max_set_size``).
     """
     backend = resolve(backend)
     T = check_int("T", T, 1)
@@ -123,6 +130,8 @@ def collect_trace(
                         f"{type(data).__name__}")
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    check_choice("keep", keep, ("full", "summary"))
+    max_set_size = check_int("max_set_size", max_set_size, 1)
     if not callable(encoder) and encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
     backend.check_network(net)
@@ -132,6 +141,7 @@ def collect_trace(
     was_training = net.training
     net.eval()
     outputs, labels, ops = [], [], []
+    classes = None
     try:
         for i, batch in enumerate(progress_bar(data, f"{backend.name} T={T}", progress)):
             x, y = _split(batch)
@@ -167,14 +177,26 @@ def collect_trace(
                                  f"{type(out).__name__}, not a tensor of per-step outputs")
             if out.dim() != 3 or out.shape[0] != T:
                 raise ValueError(_shape_advice(out, T, whole, type(net).__name__))
-            outputs.append(out.float().cpu())
             labels.append(batch_labels(y, out.shape[1]))
+            if classes is not None and out.shape[2] != classes:
+                raise ValueError(f"batch {i} gave {out.shape[2]} classes after {classes}: the network's outputs "
+                                 "must keep their [N, C] shape")
+            classes = out.shape[2]
+            if keep == "full":
+                outputs.append(out.float().cpu())
+            else:  # the batch's statistics only: its outputs are dropped here
+                cum = cumulative(out.float().cpu())
+                outputs.append(summarize(cum, labels[-1], max_set_size))
     finally:
         backend.reset(net)
         net.train(was_training)
     if not outputs:
         raise ValueError("data yielded no batch")
     info = {"backend": backend.name, "T": T, "encoder": encoder if isinstance(encoder, str) else "callable"}
+    if keep == "summary":
+        stats = {k: torch.cat([o[k] for o in outputs], dim=1) for k in outputs[0]}
+        return TraceSummary(stats, torch.cat(labels), classes, torch.cat(ops, dim=1) if ops else None,
+                            {**info, **(meta or {})})
     return Trace.from_steps(
         torch.cat(outputs, dim=1), torch.cat(labels).long(), torch.cat(ops, dim=1) if ops else None,
         {**info, **(meta or {})},

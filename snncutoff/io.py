@@ -119,13 +119,14 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     return _atomic(path, lambda f: f.write(data))
 
 
-def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any = "cpu") -> dict:
+def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """Read a dict written by ``torch.save`` with ``weights_only=True``.
 
     Args:
         path: the file.
         what: what the file should be, for messages (``"snncutoff trace"``).
         fix: what to do when it is unreadable (``"collect the trace again"``).
+        mmap: map the file's tensors into memory instead of reading them (torch's ``mmap=True``).
     Raises:
         FileNotFoundError: no such file.
         CorruptFileError: empty, truncated, not a torch file, holding objects other than
@@ -143,7 +144,7 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - zip, pickle, OS and torch errors all mean "unreadable"
         text = str(exc)
         zipped, pickled = head.startswith(b"PK"), head[:1] == b"\x80"

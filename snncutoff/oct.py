@@ -11,6 +11,7 @@ bound on mean exit step that any run-time cutoff can reach at no accuracy loss.
 from __future__ import annotations
 
 from .result import CutoffResult
+from .summary import TraceSummary
 from .trace import Trace
 
 
@@ -24,6 +25,6 @@ def optimal_cutoff(trace: Trace) -> CutoffResult:
         >>> optimal_cutoff(Trace.from_steps(y, torch.tensor([0]))).exit_step.tolist()
         [2]
     """
-    if not isinstance(trace, Trace):
-        raise TypeError(f"expected a snncutoff.Trace, got {type(trace).__name__}")
+    if not isinstance(trace, (Trace, TraceSummary)):
+        raise TypeError(f"expected a snncutoff.Trace (or TraceSummary), got {type(trace).__name__}")
     return CutoffResult.from_exit_steps(trace, trace.oct_steps(), "OCT")

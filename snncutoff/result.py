@@ -49,7 +49,7 @@ class CutoffResult:
     @classmethod
     def from_exit_steps(cls, trace: Trace, exit_step: Tensor, policy: str = "") -> CutoffResult:
         """Build the result for 1-based ``exit_step`` ``[N]`` on ``trace``."""
-        exit_step = exit_step.to(device=trace.outputs.device, dtype=torch.long)
+        exit_step = exit_step.to(device=trace.labels.device, dtype=torch.long)
         if exit_step.shape != (trace.N,):
             raise ValueError(f"exit_step must have shape [N] = [{trace.N}], got {tuple(exit_step.shape)}")
         if trace.N and (int(exit_step.min()) < 1 or int(exit_step.max()) > trace.T):

@@ -87,6 +87,22 @@ def max_softmax(outputs: Tensor) -> Tensor:
     return _rowwise(outputs, lambda c: (c.softmax(dim=-1).amax(dim=-1),), 1)[0]
 
 
+def max_softmax_of_mean(outputs: Tensor, steps: Tensor) -> Tensor:
+    """``max_c softmax(O / s)``: the largest softmax probability of the mean output.
+
+    Args:
+        outputs: ``[k, N, C]`` cumulative outputs; steps: ``[k, N]`` or ``[k, 1]`` 1-based step
+            counts s (each row divided by its own, in the outputs' dtype).
+    Returns:
+        ``[k, N]``; computed a step at a time (no full-size temporary).
+    """
+    steps = steps.to(device=outputs.device, dtype=outputs.dtype)
+    out = torch.empty(outputs.shape[:2], dtype=outputs.dtype, device=outputs.device)
+    for t in range(outputs.shape[0]):
+        out[t] = max_softmax(outputs[t] / steps[t].unsqueeze(-1))
+    return out
+
+
 def softmax_argmax(outputs: Tensor) -> Tensor:
     """``argmax`` of ``softmax(O)`` (it differs from argmax of O only where softmax rounds to a tie)."""
     return _rowwise(outputs, lambda c: (c.softmax(dim=-1).argmax(dim=-1),), 1)[0]

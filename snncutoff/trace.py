@@ -32,6 +32,15 @@ from .validation import check_device, check_labels, check_ops, check_outputs, ch
 FORMAT_VERSION = 1
 
 
+def cumulative(y: Tensor, rows: int = 4096) -> Tensor:
+    """``[T, N, C]`` cumulative sums along T of per-step outputs, accumulated in float64 and stored in
+    ``y``'s dtype, a few samples at a time (no float64 copy of the whole; the same values)."""
+    out = torch.empty_like(y)
+    for s in range(0, y.shape[1], rows):
+        out[:, s : s + rows] = torch.cumsum(y[:, s : s + rows].double(), dim=0).to(y.dtype)
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class Trace:
     """Cumulative outputs of an SNN over ``T`` steps on ``N`` labelled samples.
@@ -104,7 +113,7 @@ class Trace:
         if meta is not None and not isinstance(meta, dict):
             raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
         y = per_step_outputs.detach()
-        return cls(torch.cumsum(y.double(), dim=0).to(y.dtype), labels, ops, dict(meta or {}))
+        return cls(cumulative(y), labels, ops, dict(meta or {}))
 
     @classmethod
     def cat(cls, traces: Sequence[Trace]) -> Trace:
@@ -199,6 +208,15 @@ class Trace:
         """``[T, N]`` entropy of the softmax of the cumulative output over ``log C``, in [0, 1]."""
         return self._stat("entropy", lambda: stats.normalized_entropy(self.outputs))
 
+    def max_softmax_of_mean(self) -> Tensor:
+        """``[T, N]`` largest softmax probability of the mean output ``O_t / (t + 1)``."""
+        steps = torch.arange(1, self.T + 1, device=self.outputs.device).view(-1, 1)
+        return self._stat("max_softmax_of_mean", lambda: stats.max_softmax_of_mean(self.outputs, steps))
+
+    def label_nonconformity(self) -> Tensor:
+        """``[T, N]`` SpikeCP nonconformity of each sample's own label (see :mod:`snncutoff.stats`)."""
+        return self._stat("label_nonconformity", lambda: stats.nonconformity(self.outputs, self.labels))
+
     def argmax_runs(self) -> Tensor:
         """``[T, N]`` int64: steps in a row, ending at t, with the argmax of step t (``>= 1``)."""
         return self._stat("runs", lambda: stats.argmax_runs(self.predictions()))
@@ -216,6 +234,13 @@ class Trace:
         if self.ops is None:
             return None
         return self._stat("ops_cumulative", lambda: self.ops.to(torch.float64).cumsum(dim=0))
+
+    def summary(self, max_set_size: int = 1) -> Any:
+        """The :class:`~snncutoff.summary.TraceSummary` of this trace: every statistic the policies and the
+        OCT read, O(T N), giving them the same results (``Conformal`` up to ``max_set_size``)."""
+        from .summary import TraceSummary
+
+        return TraceSummary.of(self, max_set_size)
 
     def predictions_at(self, steps: Tensor) -> Tensor:
         """``[N]`` prediction of sample n after ``steps[n]`` steps (1-based, ``[N]`` int).
@@ -263,8 +288,12 @@ class Trace:
         return atomic_torch_save(payload, check_path("path", path))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Trace:
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Trace:
         """Read a trace written by :meth:`save` (``weights_only=True``: no code is run).
+
+        ``mmap=True`` maps the file's outputs into memory instead of reading them: a trace larger
+        than memory is evaluated from disk, its pages read as the statistics need them (validation
+        reads them once; every statistic is then kept, ``[T, N]``, in memory).
 
         Raises:
             FileNotFoundError: no such file.
@@ -273,7 +302,7 @@ class Trace:
         """
         path = check_path("path", path)
         fix = "collect it again (snncutoff.collect_trace, snncutoff-bench compare) and save it with Trace.save"
-        payload = load_torch(path, "snncutoff trace", fix, check_device(map_location))
+        payload = load_torch(path, "snncutoff trace", fix, check_device(map_location), mmap)
         version = payload.get("format_version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise CorruptFileError(f"{path} has an invalid trace format {version!r}; {fix}")

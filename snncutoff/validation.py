@@ -157,14 +157,15 @@ def check_finite(name: str, x: Tensor, axes: tuple[str, ...] = ("t", "n"),
     """Raise ``ValueError`` naming the count and first position (``axes``: its leading dimensions,
     ``("t", "n")`` for ``[T, N, ...]``, ``("n",)`` for a batch) of non-finite values.
 
-    One cheap reduction decides the common case: a finite sum implies that every
-    element is finite; only on failure is the element-wise mask built.
+    One reduction in the tensor's own dtype, with no temporary, decides the common case: a
+    NaN or an infinity makes the sum NaN or infinite, so a finite sum implies that every
+    element is finite; only when the sum is not (or overflowed) is the element-wise mask built.
     """
-    if x.numel() == 0 or math.isfinite(float(x.sum(dtype=torch.float64))):
+    if x.numel() == 0 or math.isfinite(float(x.sum())):
         return
     bad = ~torch.isfinite(x)
     count = int(bad.sum())
-    if count == 0:  # the sum overflowed float64; every element is finite
+    if count == 0:  # the sum overflowed; every element is finite
         return
     first = tuple(int(i) for i in bad.nonzero()[0])
     k = min(len(axes), x.dim())

@@ -111,6 +111,9 @@ def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
         return
     rows = [
         ("loop baseline (grid, topk)", d["baseline_s"], 1.0),
+        ("Trace(outputs, labels): construction and validation", d["construct_s"], d["baseline_s"] / d["construct_s"]),
+        ("both traces constructed, then TopKGap exact fit+evaluate", d["exact_with_construction_s"],
+         d["exact_with_construction_speedup"]),
         ("TopKGap exact, fit+evaluate, new traces", d["exact_cold_s"], d["exact_cold_speedup"]),
         ("TopKGap exact, fit+evaluate, gaps cached", d["exact_warm_s"], d["exact_warm_speedup"]),
         ("TopKGap grid (bit-exact SNNCutoff), new traces", d["grid_cold_s"], d["grid_cold_speedup"]),
@@ -124,6 +127,39 @@ def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
     if not d["native_kernel"]:
         click.echo("(the optional C top-2 kernel is not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
                    "about 3x slower on new traces; reinstall with a C compiler present)")
+
+
+@main.command()
+@click.option("--T", "T", default=32, show_default=True, type=click.IntRange(min=1), help="Timesteps.")
+@click.option("--N", "N", default=50_000, show_default=True, type=click.IntRange(min=1), help="Samples.")
+@click.option("--C", "C", default=1000, show_default=True, type=click.IntRange(min=2), help="Classes.")
+@click.option("--variants", default="memory,mmap,summary", show_default=True,
+              help="Comma-separated: memory (outputs in memory), mmap (Trace.load(mmap=True)), summary.")
+@click.option("--folder", type=click.Path(file_okay=False), default="snncutoff-results/memory", show_default=True,
+              help="Where the trace of the mmap variant is written (T x N x C x 4 bytes).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def memory(T: int, N: int, C: int, variants: str, folder: str, as_json: bool) -> None:
+    """Peak resident memory of a large trace's analyses (OCT, TopKGap, Conformal, Confidence), per variant."""
+    from pathlib import Path
+
+    from .memory import measure
+
+    click.echo(f"synthetic trace T={T} N={N} C={C}: {T * N * C * 4 / 1e9:.2f} GB", err=True)
+    d = measure(T, N, C, Path(folder), tuple(_split_csv(variants)))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo("| variant | peak RSS / trace bytes | load or construct s | analyses s |\n|---|---:|---:|---:|")
+    for name, r in d["variants"].items():
+        if "error" in r:
+            click.echo(f"| {name} | failed: {r['error']} | | |")
+        else:
+            click.echo(f"| {name} | {r['peak_over_trace']:.2f}x | {r['load_or_construct_s']:.2f} | "
+                       f"{r['analyses_s']:.2f} |")
+    if "summary_bytes_per_sample_step" in d["variants"].get("summary", {}):
+        click.echo(f"\nsummary: {d['variants']['summary']['summary_bytes_per_sample_step']:.0f} bytes per sample "
+                   f"and step, against {4 * C} for the outputs")
 
 
 @main.command()

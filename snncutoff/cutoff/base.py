@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..result import CutoffResult
 from ..stats import first_exit
+from ..summary import TraceSummary
 from ..trace import Trace
 from ..validation import NotFittedError, check_finite, check_int, check_min_classes
 
@@ -125,8 +126,8 @@ class CutoffPolicy:
         return self._state_init(n, device) if self.state_size else None
 
     def _check_trace(self, trace: Trace) -> None:
-        if not isinstance(trace, Trace):
-            raise TypeError(f"expected a snncutoff.Trace, got {type(trace).__name__}")
+        if not isinstance(trace, (Trace, TraceSummary)):
+            raise TypeError(f"expected a snncutoff.Trace (or TraceSummary), got {type(trace).__name__}")
         if self.min_classes > 1:
             check_min_classes(trace.C, type(self).__name__)
 

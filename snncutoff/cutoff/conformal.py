@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..stats import kth_nonconformity, nonconformity
+from ..stats import kth_nonconformity
 from ..trace import Trace
 from ..validation import check_choice, check_positive_int, check_unit_interval
 from .base import CutoffPolicy, fitted_view
@@ -65,8 +65,7 @@ class Conformal(CutoffPolicy):
         alphas = [check_unit_interval("alpha", v) for v in values]
         if self.correction == "bonferroni":
             alphas = [a / T for a in alphas]
-        scores = nonconformity(calibration.outputs, calibration.labels)
-        return conformal_thresholds(scores, alphas, self.quantile)
+        return conformal_thresholds(calibration.label_nonconformity(), alphas, self.quantile)
 
     def risk_grid(self, T: int) -> list[float]:
         return list(ALPHA_GRID)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..stats import max_softmax, normalized_entropy
+from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy
 from ..trace import Trace
 from ..validation import check_positive_int, check_unit_interval
 from .base import CutoffPolicy
@@ -47,20 +47,18 @@ FEATURES = ("gap_per_step", "max_softmax", "max_softmax_of_mean", "entropy", "lo
             "gap_growth")
 
 
-def features(outputs: Tensor, steps: Tensor, runs: Tensor, gaps: Tensor, before: Tensor, T: int,
-             max_soft: Tensor | None = None, entropy: Tensor | None = None) -> list[Tensor]:
-    """The :data:`FEATURES` of cumulative outputs ``[k, N, C]`` as ``[k, N]`` float64 tensors.
+def features(steps: Tensor, runs: Tensor, gaps: Tensor, before: Tensor, max_soft: Tensor, max_soft_mean: Tensor,
+             entropy: Tensor, T: int) -> list[Tensor]:
+    """The :data:`FEATURES` as ``[k, N]`` float64 tensors, from per-step statistics ``[k, N]``.
 
-    ``steps`` ``[k, N]`` (or broadcastable) 1-based steps; ``runs``, ``gaps``, ``before``
-    ``[k, N]`` from the run state; ``max_soft`` / ``entropy``: precomputed statistics of
-    ``outputs`` (a trace's cached ones), computed here otherwise. Elementwise in float64,
-    so a sample's features do not depend on which others are computed with it.
+    ``steps``: 1-based steps (broadcastable); ``runs``, ``gaps``, ``before``: the run state;
+    ``max_soft``, ``max_soft_mean``, ``entropy``: statistics of the cumulative outputs (a
+    trace's cached ones, or those of the steps being decided). Elementwise in float64, so a
+    sample's features do not depend on which others are computed with it.
     """
     s = steps.to(torch.float64)
-    ms = (max_soft if max_soft is not None else max_softmax(outputs)).double()
-    ent = (entropy if entropy is not None else normalized_entropy(outputs)).double()
-    mean = outputs / steps.to(outputs.dtype).unsqueeze(-1)
-    return [gaps / s, ms, max_softmax(mean).double(), ent, runs.log(), runs / s, s / T, gaps - before]
+    return [gaps / s, max_soft.double(), max_soft_mean.double(), entropy.double(), runs.log(), runs / s, s / T,
+            gaps - before]
 
 
 class LearnedExit(RunState, CutoffPolicy):
@@ -106,7 +104,7 @@ class LearnedExit(RunState, CutoffPolicy):
         from sklearn.linear_model import LogisticRegression
 
         X = torch.stack(self._trace_features(trace), dim=-1).reshape(-1, len(FEATURES))
-        steps = torch.arange(1, trace.T + 1, device=trace.outputs.device).view(-1, 1)
+        steps = torch.arange(1, trace.T + 1, device=trace.labels.device).view(-1, 1)
         y = (steps >= trace.oct_steps()).reshape(-1)
         if X.shape[0] > self.max_rows:
             rows = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(self.seed))[: self.max_rows]
@@ -133,16 +131,17 @@ class LearnedExit(RunState, CutoffPolicy):
 
     def _trace_features(self, trace: Trace) -> list[Tensor]:
         runs, gaps, before = self._trace_history(trace)
-        steps = torch.arange(1, trace.T + 1, device=trace.outputs.device).view(-1, 1).expand(trace.T, trace.N)
-        return features(trace.outputs, steps, runs, gaps, before, trace.T, trace.max_softmax(),
-                        trace.normalized_entropy())
+        steps = torch.arange(1, trace.T + 1, device=gaps.device).view(-1, 1).expand(trace.T, trace.N)
+        return features(steps, runs, gaps, before, trace.max_softmax(), trace.max_softmax_of_mean(),
+                        trace.normalized_entropy(), trace.T)
 
     # ------------------------------------------------------------- policy
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         k, n = outputs.shape[:2]
         offset = torch.arange(1, k + 1, device=outputs.device).view(-1, 1)
         steps = (t0.view(1, -1) + offset) if isinstance(t0, Tensor) else (offset + t0).expand(k, n)
-        return self._score(features(outputs, steps, states[..., 1], states[..., 2], states[..., 3], self.T_))
+        return self._score(features(steps, states[..., 1], states[..., 2], states[..., 3], max_softmax(outputs),
+                                    max_softmax_of_mean(outputs, steps), normalized_entropy(outputs), self.T_))
 
     def _trace_scores(self, trace: Trace) -> Tensor:
         return self._score(self._trace_features(trace))

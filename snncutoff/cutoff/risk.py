@@ -101,7 +101,7 @@ def samples_needed(max_loss: float, delta: float, method: str = "binomial") -> i
 
 def split_trace(trace: Trace, fraction: float, seed: int) -> tuple[Trace, Trace]:
     """A seeded random split of ``trace`` into ``(first, rest)`` with ``round(fraction * N)`` samples first."""
-    order = torch.randperm(trace.N, generator=torch.Generator().manual_seed(seed)).to(trace.outputs.device)
+    order = torch.randperm(trace.N, generator=torch.Generator().manual_seed(seed)).to(trace.labels.device)
     cut = int(round(fraction * trace.N))
     if not 0 < cut < trace.N:
         raise ValueError(f"a calibration trace of {trace.N} samples cannot be split {fraction:g} / {1 - fraction:g}")

@@ -44,6 +44,9 @@ class Timestep(CutoffPolicy):
             return (t0.to(outputs.device).view(1, -1) + offset).to(torch.float32)
         return (offset + t0).to(torch.float32).expand(T, N)
 
+    def _trace_scores(self, trace: Trace) -> Tensor:
+        return torch.arange(1, trace.T + 1, dtype=torch.float32).view(-1, 1).expand(trace.T, trace.N)
+
     def _thresholds(self, calibration: Trace | None, values: Sequence[int], T: int | None) -> Tensor:
         for v in values:
             check_positive_int("step", v)
