@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ._progress import progress as progress_bar
 from .backends import resolve
@@ -73,6 +74,50 @@ def _shape_advice(out: Tensor, T: int, whole: bool, name: str) -> str:
             "encodes itself) for a network whose forward loops over time")
 
 
+class _Batches:
+    """The loader's batch indices this process runs (every one, outside ``torchrun``)."""
+
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
+
+    def __iter__(self):
+        return iter(range(self.rank, 1 << 62, self.world))
+
+
+def _shard(data: Iterable, distributed: bool | None) -> tuple[_Batches, Iterable]:
+    """``(indices, batches)`` of the loader's batches this process runs."""
+    import torch.distributed as dist
+
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed is False or not active:
+        if distributed and not active:
+            raise ValueError("distributed=True needs torch.distributed initialised with more than one process "
+                             "(launch with torchrun --nproc_per_node K)")
+        return _Batches(), data
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = _Batches(rank, world)
+    if isinstance(data, DataLoader) and data.batch_sampler is not None:
+        batches = list(data.batch_sampler)[rank::world]  # only these are loaded here
+        loader = DataLoader(data.dataset, batch_sampler=batches, collate_fn=data.collate_fn,
+                            num_workers=data.num_workers, pin_memory=data.pin_memory)
+        return mine, loader
+    return mine, (b for i, b in enumerate(data) if i % world == rank)
+
+
+def _gather(mine: _Batches, outputs: list, labels: list, ops: list) -> tuple[list, list, list]:
+    """Every rank's per-batch results, on every rank, back in the loader's batch order."""
+    import torch.distributed as dist
+
+    parts: list = [None] * mine.world
+    dist.all_gather_object(parts, (outputs, labels, ops))
+    order = []
+    for rank, (o, y, p) in enumerate(parts):
+        for j in range(len(o)):
+            order.append((rank + j * mine.world, o[j], y[j], p[j] if p else None))
+    order.sort(key=lambda item: item[0])
+    return [o for _, o, _, _ in order], [y for _, _, y, _ in order], [p for _, _, _, p in order if p is not None]
+
+
 def _split(batch: Any) -> tuple[Tensor, Tensor]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
@@ -99,6 +144,7 @@ def collect_trace(
     meta: dict | None = None,
     keep: str = "full",
     max_set_size: int = 1,
+    distributed: bool | None = None,
 ) -> Trace | TraceSummary:
     """Run ``net`` for T steps on every batch of ``data`` and return the :class:`Trace`.
 
@@ -121,6 +167,10 @@ def collect_trace(
             :class:`~snncutoff.summary.TraceSummary` of the statistics every policy and the OCT
             read, built batch by batch in O(T N) memory (the same results; ``Conformal`` up to
             ``max_set_size``).
+        distributed: under ``torchrun`` (``torch.distributed`` initialised with more than one
+            process; None: whenever it is), each process runs every K-th batch of the loader and
+            every process gets the whole trace, in the loader's order: the same trace, bit for
+            bit, as one process (each batch is run as it is, so its arithmetic does not change).
     """
     backend = resolve(backend)
     T = check_int("T", T, 1)
@@ -142,8 +192,9 @@ def collect_trace(
     net.eval()
     outputs, labels, ops = [], [], []
     classes = None
+    mine, data = _shard(data, distributed)
     try:
-        for i, batch in enumerate(progress_bar(data, f"{backend.name} T={T}", progress)):
+        for i, batch in zip(mine, progress_bar(data, f"{backend.name} T={T}", progress)):
             x, y = _split(batch)
             if x.is_floating_point():
                 check_finite(f"inputs of batch {i}", x, ("n",), INPUT_HINT)
@@ -190,6 +241,8 @@ def collect_trace(
     finally:
         backend.reset(net)
         net.train(was_training)
+    if mine.world > 1:  # every rank gets every batch's results, in the loader's order
+        outputs, labels, ops = _gather(mine, outputs, labels, ops)
     if not outputs:
         raise ValueError("data yielded no batch")
     info = {"backend": backend.name, "T": T, "encoder": encoder if isinstance(encoder, str) else "callable"}

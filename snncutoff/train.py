@@ -121,6 +121,16 @@ def distributed_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def distributed_init(device: torch.device | str | None = None) -> tuple[int, int]:
+    """Initialise ``torch.distributed`` when launched by torchrun (``gloo`` on CPU, ``nccl`` on CUDA), once;
+    returns ``(rank, world_size)``."""
+    rank, world = distributed_env()
+    if world > 1 and not dist.is_initialized():
+        cuda = device is not None and torch.device(device).type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world
+
+
 class _SequenceModule(nn.Module):
     """Runs the whole T-step loop in one ``forward`` (so DDP sees one forward per backward)."""
 
@@ -263,9 +273,7 @@ class Trainer:
     def fit(self, train_loader: DataLoader, test_loader: DataLoader | None = None) -> Trainer:
         """Train for ``config.epochs`` epochs (continuing from ``last.pt`` with ``resume``)."""
         c = self.config
-        rank, world = distributed_env()
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        rank, world = distributed_init(self.device)
         seed_everything(c.seed)
         model = self.model.to(self.device)
         module: nn.Module = model if self.backend is None else _SequenceModule(model, self.backend)
@@ -386,4 +394,5 @@ class Trainer:
         return int(ckpt["epoch"])
 
 
-__all__ = ["TrainConfig", "Trainer", "distributed_env", "load_model", "rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["TrainConfig", "Trainer", "distributed_env", "distributed_init", "load_model", "rng_state",
+           "seed_everything", "set_rng_state"]

@@ -122,20 +122,73 @@ def test_tebn_in_a_spikingjelly_multistep_net():
 
 
 def test_rcs_penalties():
-    a = [torch.tensor([[1.0, 1.0], [2.0, 0.0]])]
-    correct = torch.tensor([True, True])
-    # batch max 2; RMS per sample: 1 and sqrt(2) -> mean(2/1, 2/sqrt(2))
-    assert float(rcs_ann(a, correct)) == pytest.approx((2 / (1 + 1e-5) ** 0.5 + 2 / (2 + 1e-5) ** 0.5) / 2)
-    # SNN: constant activity over time has cosine 1 -> penalty ~ 1; a changing one is larger
-    s = torch.ones(4, 2, 3)
-    v = torch.zeros(4, 2, 3)
-    out = torch.zeros(4, 2, 2)
-    out[..., 0] = 1.0
-    y = torch.tensor([0, 0])
-    assert float(rcs_snn([s], [v], out, y)) == pytest.approx(1.0, abs=1e-3)
-    s2 = s.clone()
-    s2[0] = torch.tensor([1.0, 0.0, 0.0])
-    assert float(rcs_snn([s2], [v], out, y)) > 1.01
+    import math
+
+    # ANN form, from the docstring: R_n = max over the batch / sqrt(mean_i a_{n,i}^2 + 1e-5), averaged over
+    # the correctly classified samples, then over layers (activations of any shape [N, ...])
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.rand(3, 2, 2, generator=g) * 3, torch.rand(3, 5, generator=g) + torch.tensor([0.0, 0, 0, 0, 4])]
+    correct = torch.tensor([True, False, True])
+
+    def ann_ref(acts, ok):
+        terms = []
+        for a in acts:
+            rows = [a[n].flatten().tolist() for n in range(a.shape[0])]
+            top = max(v for row in rows for v in row)  # over every sample, correct or not
+            r = [top / math.sqrt(sum(v * v for v in row) / len(row) + 1e-5) for row in rows]
+            kept = [r[n] for n in range(len(rows)) if ok[n]]
+            terms.append(sum(kept) / len(kept))
+        return sum(terms) / len(terms)
+
+    assert float(rcs_ann(layers, correct)) == pytest.approx(ann_ref(layers, correct.tolist()), rel=1e-6)
+    assert float(rcs_ann(layers[1:], torch.tensor([False, True, False]))) == pytest.approx(
+        ann_ref(layers[1:], [False, True, False]), rel=1e-6)
+    nobody = rcs_ann(layers, torch.zeros(3, dtype=torch.bool))
+    assert float(nobody) == 0.0
+    # SNN form: r_t = s_t + relu(v_t); the reference is the mean of r over the last fraction * T steps;
+    # R_n = 1 / (mean_t cos(r_{t,n}, ref_n) + 1e-5), averaged over the samples whose mean output over those
+    # late steps is right, then over layers
+    T, N = 4, 3
+    spikes = [(torch.rand(T, N, 2, 3, generator=g) < 0.5).float() for _ in range(2)]
+    membranes = [torch.randn(T, N, 2, 3, generator=g) for _ in range(2)]
+    for v in membranes:
+        v[..., 0, 0] = v[..., 0, 0].abs() + 0.1  # no all-zero activity vector
+    out = torch.tensor([[[2.0, 0.0], [0.0, 5.0], [0.0, 0.0]],
+                        [[2.0, 0.0], [0.0, 5.0], [0.0, 0.0]],
+                        [[2.0, 0.0], [3.0, 0.0], [0.0, 4.0]],
+                        [[2.0, 0.0], [3.0, 0.0], [1.0, 0.0]]])  # per-step outputs [T, N, C]
+    labels = torch.tensor([0, 1, 1])
+
+    def snn_ref(fraction):
+        late = round(fraction * T)
+        ok = []
+        for n in range(N):
+            mean = [sum(float(out[t, n, c]) for t in range(T - late, T)) / late for c in range(2)]
+            ok.append(mean.index(max(mean)) == int(labels[n]))
+        terms = []
+        for s, v in zip(spikes, membranes):
+            r = [[[float(s[t, n].flatten()[i]) + max(0.0, float(v[t, n].flatten()[i])) for i in range(6)]
+                  for n in range(N)] for t in range(T)]
+            per_sample = []
+            for n in range(N):
+                ref = [sum(r[t][n][i] for t in range(T - late, T)) / late for i in range(6)]
+                cos = []
+                for t in range(T):
+                    dot = sum(a * b for a, b in zip(r[t][n], ref))
+                    cos.append(dot / (math.sqrt(sum(a * a for a in r[t][n])) * math.sqrt(sum(b * b for b in ref))))
+                per_sample.append(1.0 / (sum(cos) / T + 1e-5))
+            kept = [per_sample[n] for n in range(N) if ok[n]]
+            terms.append(sum(kept) / len(kept))
+        return sum(terms) / len(terms), ok
+
+    for fraction in (0.5, 0.25, 1.0):
+        want, ok = snn_ref(fraction)
+        assert any(ok)
+        assert float(rcs_snn(spikes, membranes, out, labels, fraction)) == pytest.approx(want, rel=1e-4), fraction
+    assert snn_ref(0.5)[1] == [True, False, True]  # sample 1 right early, wrong late; sample 2 wrong at the end only
+    # constant activity points where the late steps end up: cosine 1, penalty ~ 1
+    same = [torch.ones(T, N, 3)]
+    assert float(rcs_snn(same, [torch.zeros(T, N, 3)], out, labels)) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", ["snntorch", "spikingjelly"])
@@ -293,3 +346,24 @@ def test_the_shared_mnist_sample_loads():
 
     split = data.load(str(Path(__file__).parents[2] / "shared/data/mnist-5k.npz"))
     assert (len(split.train), len(split.test), split.input_size, split.num_classes) == (4000, 1000, 28, 10)
+
+
+def test_collect_trace_across_processes_equals_one_process(tmp_path):
+    """Under torchrun, each process runs every other batch; every process gets the one-process trace."""
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    worker = Path(__file__).with_name("collect_worker.py")
+    paths = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(worker), str(tmp_path)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    torch.manual_seed(0)
+    ann = sc.constraints.apply(models.get("cnn"), "qcfs", levels=8, threshold=2.0).eval()
+    backend = sc.backends.get("spikingjelly")
+    _, test = data.digits().loaders(batch_size=64)
+    single = sc.collect_trace(backend, backend.convert(ann), test, T=6, count_ops=True, progress=False)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(got["outputs"], single.outputs) and torch.equal(got["labels"], single.labels)
+        assert torch.equal(got["ops"], single.ops) and torch.equal(got["gaps"], single.gaps())

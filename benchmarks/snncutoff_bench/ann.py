@@ -55,7 +55,8 @@ def _cached_ann(ann: nn.Module, path: Path, quiet: bool) -> bool:
     return True
 
 
-def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) -> tuple[nn.Module, dict]:
+def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False,
+                write: bool = True) -> tuple[nn.Module, dict]:
     """Train the QCFS ANN, or load it from the cache (keyed by :meth:`BenchConfig.ann_key`).
 
     Cache entries carry a content hash beside them (``<entry>.sha256``); one that is altered,
@@ -68,6 +69,10 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) ->
             what = f"model {cfg.model!r}, data set {cfg.dataset!r}"
             raise BenchInputError(f"{exc} ({what})") from exc
         return ann.eval(), {"checkpoint": cfg.extra["checkpoint"], "cached": True}
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process looks at the cache in the same state
     name = Path(cfg.dataset).stem if cfg.dataset.endswith(".npz") else cfg.dataset
     path = cache_dir(cfg) / f"ann-{name}-{cfg.model}-{cfg.ann_key()}.pt"
     info = {"checkpoint": str(path), "cached": path.is_file() and _cached_ann(ann, path, quiet)}
@@ -81,8 +86,9 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False) ->
         info["train_seconds"] = time.perf_counter() - t0
         info["history"] = trainer.history_
         info["initial_thresholds"] = trainer.thresholds_
-        sc.io.atomic_torch_save({"model": ann.state_dict(), "config": asdict(tc)}, path)
-        sc.io.atomic_write_bytes(_sha256(path).encode(), path.with_name(path.name + ".sha256"))
+        if write:
+            sc.io.atomic_torch_save({"model": ann.state_dict(), "config": asdict(tc)}, path)
+            sc.io.atomic_write_bytes(_sha256(path).encode(), path.with_name(path.name + ".sha256"))
     return ann.eval(), info
 
 

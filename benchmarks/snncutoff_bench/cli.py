@@ -160,6 +160,8 @@ def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool) ->
 
 
 def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: bool, name: str) -> None:
+    from snncutoff.train import distributed_init
+
     from . import plots
     from .ann import cache_dir
     from .pipeline import run_compare
@@ -171,13 +173,18 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
         check_config(cfg)
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
-    out = _output_dir(output_dir, name)
-    if not cfg.extra.get("checkpoint"):
+    rank, world = distributed_init(cfg.device)  # under torchrun: every process runs, rank 0 writes
+    if world > 1 and not output_dir:
+        raise BenchError("under torchrun, pass --output-dir (every process must agree on it; rank 0 writes)")
+    out = _output_dir(output_dir, name) if rank == 0 else Path(output_dir)
+    if not cfg.extra.get("checkpoint") and rank == 0:
         _writable(cache_dir(cfg), "--cache-dir")
     try:
-        results, traces = run_compare(cfg, out, quiet=quiet, command=_command_line())
+        results, traces = run_compare(cfg, out, quiet=quiet or rank != 0, command=_command_line(), write=rank == 0)
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
+    if rank != 0:
+        return
     curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
               for n, e in results["backends"].items()}
     results["plots"] = [str(plots.accuracy_per_step(results, out / "accuracy_per_step.png")),

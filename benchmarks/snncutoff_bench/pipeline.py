@@ -85,13 +85,14 @@ def networks(cfg: BenchConfig, name: str, split: data.DataSplit, ann: nn.Module 
     return snn, snn, info
 
 
-def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
-                command: str = "") -> tuple[dict, dict[str, dict[str, sc.Trace]]]:
+def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command: str = "",
+                write: bool = True) -> tuple[dict, dict[str, dict[str, sc.Trace]]]:
     """The main job: train or load, build per-backend SNNs, collect traces, compute every figure.
 
     Returns ``(results, traces)``: the JSON-ready results and, per backend, its ``train``,
     ``calibration`` (held out from training) and ``test`` traces (also saved under
-    ``output_dir/traces``)."""
+    ``output_dir/traces`` when ``write``). Under torchrun, every process collects its share of each
+    trace and gets the whole (:func:`snncutoff.collect_trace`); only the one that ``write`` s writes."""
     names = check_config(cfg)
     t_start = time.perf_counter()
     split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
@@ -110,7 +111,7 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
     }
     ann = init = None
     if cfg.route == "convert":
-        ann, info = trained_ann(cfg, split, quiet)
+        ann, info = trained_ann(cfg, split, quiet, write)
         results["ann"] = {**info, "accuracy": ann_accuracy(ann, loaders["test"], cfg.device)}
         reference = results["ann"]["accuracy"]
     else:
@@ -132,7 +133,8 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False,
                 meta={"split": part, "model": cfg.model, "dataset": cfg.dataset, "encoder": cfg.encoder})
         collect_s = time.perf_counter() - t0
         for part, tr in traces[name].items():
-            tr.save(output_dir / "traces" / f"{name}-{part}.pt")
+            if write:
+                tr.save(output_dir / "traces" / f"{name}-{part}.pt")
         fit_on, cal, tst = (traces[name][k] for k in ("train", "calibration", "test"))
         acc = tst.accuracy_per_step()
         snn_acc = float(acc[-1])
