@@ -3,13 +3,16 @@
 #
 #   benchmarks/gpu_check.sh [WHEEL_DIR] [OUT_DIR]
 #
-# 1. installs what it needs: wheels from WHEEL_DIR if given (snntorch, spikingjelly, loguru, cupy-cuda12x ...,
-#    downloaded on a connected machine), else nothing; then snncutoff itself from this tree, without deps;
-# 2. runs the tests marked `cuda` and `cupy` (they skip cleanly where CUDA or cupy is absent), and times
-#    real early exit on the GPU (early-exit.json);
-# 3. times a CIFAR-size VGG-11 (batch 128, T=16) per backend on the GPU with each SpikingJelly kernel family
-#    the installed version offers, and prints the ratio of each to the plain torch kernel, measured in this run.
-# Results land in OUT_DIR (default $OUT, else ./gpu-check): tests.log, speed-<kernel>.json, summary.json.
+# WHEEL_DIR (downloaded on a connected machine) holds two folders of wheels: sj2/ (spikingjelly 2.x,
+# snntorch, loguru) and sj014/ (spikingjelly 0.0.0.0.14); torch, cupy, scikit-learn, click, tqdm,
+# matplotlib and pytest are expected on the machine. snncutoff itself is installed from this tree
+# (editable, no dependencies, so its backends register their entry points). Then, for each SpikingJelly:
+#   1. the tests marked `cuda` and `cupy` (they skip cleanly where CUDA or cupy is absent);
+#   2. real early exit on the GPU (`speed --early-exit`): the digits CNN (T=32, batch 256) and a
+#      compute-bound VGG-11 on 32x32 upsampled digits (T=32, batch 256), realised vs ideal;
+#   3. each SpingJelly kernel family the version offers on a CIFAR-size VGG-11 (`speed --model vgg11`),
+#      with its ratio to the plain torch kernel measured in the same run.
+# Results land in OUT_DIR (default $OUT, else ./gpu-check): *.log, *.json and summary.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${1:-}
@@ -17,41 +20,60 @@ OUT_DIR=${2:-${OUT:-gpu-check}}
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# run from the source tree (the backends are found even without an installed entry point)
-export PYTHONPATH=$PWD:$PWD/adapters:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}
-$PY -m snncutoff_bench.cli info | tee "$OUT_DIR/info.txt"
-$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check here')" || exit 1
-
-$PY -m pytest -q -p no:cacheprovider -m "cuda or cupy" -rs tests 2>&1 | tee "$OUT_DIR/tests.log"
-# real early exit on the GPU: realised vs ideal speed-up per backend (digits CNN, T=32, batch 256)
-$PY -m snncutoff_bench.cli speed --early-exit --device cuda --T 32 --batch-size 256 --repeats 5 --json --quiet \
-    --output-dir "$OUT_DIR/early-exit" > "$OUT_DIR/early-exit.json" || echo "early exit on cuda failed" >&2
-
-legacy=$($PY -c "import inspect; from spikingjelly.activation_based import neuron; \
-print(int('backend' in inspect.signature(neuron.IFNode).parameters))" 2>/dev/null || echo 0)
-if [ "$legacy" = "1" ]; then kernels="torch cupy"; else kernels="torch auto triton"; fi
-for k in $kernels; do
-  # 2.x chooses its CUDA kernels once per process: one process per kernel family
-  $PY -m snncutoff_bench.cli speed --model vgg11 --device cuda --batch-size 128 --T 16 --repeats 5 \
-      --gpu-kernel "$k" --json --quiet --output-dir "$OUT_DIR/run-$k" > "$OUT_DIR/speed-$k.json" \
-      || echo "kernel $k failed" >&2
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: nothing to check here')" \
+  || exit 1
+$PY -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$OUT_DIR/install.log" 2>&1 \
+  || { echo "editable install failed (see install.log)"; exit 1; }
+B="$PY -m snncutoff_bench"
+for version in sj2 sj014; do
+  site=/tmp/site-$version
+  if [ -n "$WHEELS" ] && [ -d "$WHEELS/$version" ]; then
+    rm -rf "$site"
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$site" "$WHEELS"/$version/*.whl \
+      "$WHEELS"/sj2/snntorch-*.whl "$WHEELS"/sj2/loguru-*.whl || { echo "wheels for $version failed"; continue; }
+  fi
+  export PYTHONPATH=$site
+  $B info > "$OUT_DIR/info-$version.txt" 2>&1
+  timeout 240 $PY -m pytest -q -p no:cacheprovider -m "cuda or cupy" -rs tests/test_early_exit.py \
+    tests/test_spikingjelly.py > "$OUT_DIR/tests-$version.log" 2>&1
+  tail -3 "$OUT_DIR/tests-$version.log"
+  if [ "$version" = "sj2" ]; then
+    timeout 150 $B speed --early-exit --device cuda --T 32 --batch-size 256 --repeats 5 --stream-repeats 8 --json \
+      --quiet --cache-dir /tmp/gpu-cache --output-dir /tmp/gpu-ee > "$OUT_DIR/early-exit-cnn.json" 2> "$OUT_DIR/ee-cnn.err"
+    timeout 200 $B speed --early-exit --model vgg11 --input-size 32 --epochs 4 --device cuda --T 32 --batch-size 256 \
+      --repeats 3 --stream-repeats 2 --json --quiet --cache-dir /tmp/gpu-cache --output-dir /tmp/gpu-ee2 \
+      > "$OUT_DIR/early-exit-vgg11.json" 2> "$OUT_DIR/ee-vgg.err"
+    kernels="torch auto triton"
+  else
+    kernels="torch cupy"
+  fi
+  for k in $kernels; do  # 2.x picks its CUDA kernels once per process: one process per kernel family
+    timeout 90 $B speed --model vgg11 --device cuda --batch-size 128 --T 16 --repeats 5 --gpu-kernel "$k" --json \
+      --quiet --output-dir "/tmp/gpu-run-$version-$k" > "$OUT_DIR/speed-$version-$k.json" 2> "$OUT_DIR/speed-$version-$k.err"
+  done
 done
-$PY - "$OUT_DIR" $kernels <<'PY'
+$PY - "$OUT_DIR" <<'PY'
 import json, sys
 from pathlib import Path
-out, kernels = Path(sys.argv[1]), sys.argv[2:]
-runs = {k: json.loads((out / f"speed-{k}.json").read_text()) for k in kernels if (out / f"speed-{k}.json").stat().st_size}
-base = runs.get("torch", {}).get("backends", {}).get("spikingjelly", {}).get("run_ms_per_step")
+out = Path(sys.argv[1])
 summary = {}
-for k, r in runs.items():
-    sj = r["backends"].get("spikingjelly", {})
-    summary[k] = {"resolved": r.get("spikingjelly_kernel"), "run_ms_per_step": sj.get("run_ms_per_step"),
-                  "torch_over_this": (base / sj["run_ms_per_step"]) if base and sj.get("run_ms_per_step") else None,
-                  "snntorch_step_ms_per_step": r["backends"].get("snntorch", {}).get("step_ms_per_step")}
+for f in sorted(out.glob("speed-*.json")):
+    try:
+        r = json.loads(f.read_text())
+    except ValueError:
+        summary[f.stem] = "failed"
+        continue
+    summary[f.stem] = {n: {k: e.get(k) for k in ("run_ms_per_step", "step_ms_per_step", "native_ms_per_step")}
+                       for n, e in r["backends"].items()}
+for f in sorted(out.glob("early-exit-*.json")):
+    try:
+        r = json.loads(f.read_text())
+    except ValueError:
+        summary[f.stem] = "failed"
+        continue
+    summary[f.stem] = {n: {k: e.get(k) for k in ("realised_speedup", "ideal_speedup", "realised_over_ideal",
+                                                  "network_bound_over_ideal", "stream_refill_over_ideal",
+                                                  "matches_evaluate")} for n, e in r["backends"].items()}
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 PY

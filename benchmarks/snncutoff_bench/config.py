@@ -41,6 +41,7 @@ class BenchConfig:
     rcs_alpha: float = 0.0
     policies: tuple[str, ...] = POLICIES
     encoder: str = "direct"
+    input_size: int | None = None
     calibration_size: float = 0.35
     max_loss: float = 0.005
     delta: float = 0.1
@@ -65,6 +66,7 @@ class BenchConfig:
         tc = self.train_config()
         blob = json.dumps({"dataset": self.dataset, "data": _data_fingerprint(self.dataset), "model": self.model,
                            "levels": self.levels, "route": self.route, "calibration_size": self.calibration_size,
+                           "input_size": self.input_size,
                            "train": asdict(tc), "torch": torch.__version__.split("+")[0]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -79,6 +81,15 @@ def _data_fingerprint(dataset: str) -> str | None:
 
 class BenchInputError(ValueError):
     """Bad input a user can fix (exit status 1 with this message)."""
+
+
+def load_split(cfg: BenchConfig) -> data.DataSplit:
+    """The configured data set, resized to ``input_size`` if asked, with its calibration set held out."""
+    split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
+    if cfg.input_size is not None:
+        split = split.resized(cfg.input_size)
+    size = int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size
+    return split.holdout(size, cfg.seed)
 
 
 def log(msg: str, quiet: bool) -> None:

@@ -22,7 +22,7 @@ from .cli import (
     handle_errors,
     main,
 )
-from .config import POLICIES, BenchInputError
+from .config import POLICIES, BenchInputError, load_split
 
 
 @main.command()
@@ -41,7 +41,6 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
 
     The calibration samples (``--calibration-size``, seeded) are held out of training, as
     ``compare`` does, so ``evaluate --checkpoint`` calibrates on data the network never saw."""
-    from snncutoff import data
     from snncutoff.train import Trainer
 
     from .ann import build_ann
@@ -55,8 +54,7 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
     out = _output_dir(output_dir, "train")
-    split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
-    split = split.holdout(int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size, cfg.seed)
+    split = load_split(cfg)
     loaders = split.loaders(cfg.batch_size, seed=cfg.seed)
     tc = cfg.train_config()
     tc.extra = {"dataset": cfg.dataset, "model": cfg.model, "calibration_size": cfg.calibration_size,

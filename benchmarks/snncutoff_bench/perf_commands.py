@@ -38,12 +38,18 @@ def _block_option(ctx: click.Context, param: click.Parameter, value: str) -> int
               help="SpikingJelly kernel family (0.0.0.0.14: cupy/torch; 2.x: auto/triton/torch).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Trained-ANN cache for --early-exit (default ~/.cache/snncutoff).")
+@click.option("--dataset", default="digits", show_default=True,
+              help="--early-exit: the data the network is trained and timed on (a name or a .npz file).")
+@click.option("--input-size", default=None, type=click.IntRange(min=1),
+              help="--early-exit: resize the images to this side (default: what the model needs, e.g. 32 for VGG).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="--early-exit: training epochs of the network (default: as compare).")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, block, stream_repeats, gpu_kernel,
-          cache_dir, output_dir, quiet, as_json) -> None:
+          cache_dir, dataset, input_size, epochs, output_dir, quiet, as_json) -> None:
     """Per backend: native loop vs adapter step loop vs run (multi-step), or real early exit (ratios, one run)."""
     from . import speed as sp
 
@@ -54,17 +60,22 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         raise BenchError(f"--device: {exc}") from None
     out = _output_dir(output_dir, "speed")
     if early_exit:
-        from snncutoff import data
+        from snncutoff.models import MIN_INPUT
 
         from .ann import trained_ann
-        from .config import BenchConfig
+        from .config import BenchConfig, load_split
 
-        cfg = BenchConfig(T=T, cache_dir=cache_dir)
-        split = data.digits()
+        probe = load_split(BenchConfig(dataset=dataset)) if input_size is None else None
+        size = input_size if input_size is not None else max(MIN_INPUT[model], probe.input_size)
+        cfg = BenchConfig(T=T, cache_dir=cache_dir, model=model, dataset=dataset, epochs=epochs, device=device,
+                          input_size=size if probe is None or size != probe.input_size else None)
+        split = load_split(cfg)
         ann, _ = trained_ann(cfg, split, quiet)
-        train, test = split.loaders(batch_size, shuffle_train=False)
-        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (train, test),
+        cal = split.loader(split.calibration, batch_size)
+        test = split.loader(split.test, batch_size)
+        results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (cal, test),
                                       block, stream_repeats)
+        results.update(model=model, dataset=dataset, input_size=size)
         rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
                 "realised / ideal | same, block=1 | network alone / ideal | decisions add | "
                 "vs all T in one block | overhead, nothing exits: can't / decided | "

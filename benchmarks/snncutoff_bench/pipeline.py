@@ -25,7 +25,7 @@ from snncutoff.train import Trainer
 
 from . import encoders
 from .ann import ann_accuracy, build_ann, trained_ann
-from .config import BenchConfig, check_config, log
+from .config import BenchConfig, check_config, load_split, log
 from .policies import policy_results, sweep_results
 
 
@@ -95,8 +95,7 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command
     trace and gets the whole (:func:`snncutoff.collect_trace`); only the one that ``write`` s writes."""
     names = check_config(cfg)
     t_start = time.perf_counter()
-    split = data.load(cfg.dataset, cfg.data_dir, T=cfg.T, download=cfg.download)
-    split = split.holdout(int(cfg.calibration_size) if cfg.calibration_size >= 1 else cfg.calibration_size, cfg.seed)
+    split = load_split(cfg)
     encoder = "frames" if split.event else encoders.make(cfg.encoder, split.normalization)
     loaders = {"train": split.loader(split.train, cfg.batch_size), "calibration": split.loader(split.calibration,
                cfg.batch_size), "test": split.loader(split.test, cfg.batch_size)}

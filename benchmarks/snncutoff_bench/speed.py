@@ -172,7 +172,9 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     whole test loader, with continuous batching (``early_exit_loader(refill=True)``);
     ``stream_*`` a long stream, the test loader ``stream_repeats`` times over (all T
     steps for it timed as that many passes over the loader), where continuous batching
-    keeps the batch full for most of the run.
+    keeps the batch full for most of the run. ``matches_evaluate`` / ``loader_matches_evaluate``:
+    the share of samples whose exit step and prediction equal ``policy.evaluate`` on a trace of
+    the same data (1.0 unless the network's arithmetic depends on the batch size).
     """
     cuda = device.startswith("cuda")
     cal_loader, test_loader = data
@@ -220,6 +222,14 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
                               for k in (block, 1))
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
+        # early exit against post-hoc evaluation of the same batch (equal but where the network's own
+        # arithmetic depends on the batch size, see snncutoff.early_exit)
+        batch_trace = sc.collect_trace(b, snn, [(x, torch.zeros(len(x), dtype=torch.long))], T, device=device,
+                                       progress=False)
+        post = p.evaluate(batch_trace)
+        exact_steps, exact_preds, _ = sc.early_exit(b, snn, x, p, T, block=block)
+        matches = float(((exact_steps == post.exit_step.cpu()) & (exact_preds == post.predictions.cpu()))
+                        .double().mean())
 
         def loader_full(b=b, snn=snn):
             for xb, _ in test_loader:
@@ -234,6 +244,9 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
                     for _ in range(repeats)]
         t_refill = min(r.wall_time_s for r in refilled)
         loader_ideal = T / refilled[0].mean_steps
+        loader_post = p.evaluate(sc.collect_trace(b, snn, test_loader, T, device=device, progress=False))
+        loader_matches = float(((refilled[0].exit_step == loader_post.exit_step.cpu())
+                                & (refilled[0].predictions == loader_post.predictions.cpu())).double().mean())
         # a long stream: the test loader stream_repeats times over (all T steps: that many loader_full runs)
         stream = [batch for _ in range(stream_repeats) for batch in test_loader]
         streamed = [sc.early_exit_loader(b, snn, stream, p, T, refill=True, device=device, progress=False)
@@ -254,6 +267,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             "loader_full_seconds": t_loader_full, "loader_refill_seconds": t_refill,
             "loader_refill_speedup": t_loader_full / t_refill, "loader_ideal_speedup": loader_ideal,
             "loader_refill_over_ideal": t_loader_full / t_refill / loader_ideal,
+            "matches_evaluate": matches, "loader_matches_evaluate": loader_matches,
             "stream_samples": len(stream_result.exit_step), "stream_refill_seconds": t_stream,
             "stream_refill_speedup": stream_repeats * t_loader_full / t_stream,
             "stream_refill_over_ideal": stream_repeats * t_loader_full / t_stream / loader_ideal,

@@ -47,6 +47,25 @@ class DataSplit:
         """An unshuffled loader of ``dataset`` (for traces and evaluation)."""
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
+    def resized(self, size: int) -> DataSplit:
+        """A copy with every image resized to ``size`` x ``size`` (bilinear; in-memory sets, before ``holdout``),
+        e.g. 8x8 digits up to the 32x32 a VGG expects."""
+        import torch.nn.functional as F
+
+        size = check_int("size", size, 1)
+        if size == self.input_size:
+            return self
+        if self.event or self.calibration is not None or not all(
+                isinstance(d, TensorDataset) for d in (self.train, self.test)):
+            raise ValueError("resized() works on in-memory image sets (digits, arrays, .npz) before holdout()")
+
+        def scale(d: TensorDataset) -> TensorDataset:
+            x = F.interpolate(d.tensors[0], size=(size, size), mode="bilinear", align_corners=False)
+            return TensorDataset(x, d.tensors[1])
+
+        return DataSplit(self.name, scale(self.train), scale(self.test), self.num_classes, self.in_channels, size,
+                         normalization=self.normalization)
+
     def holdout(self, size: int | float, seed: int = 0) -> DataSplit:
         """A copy whose training set gives up ``size`` samples (an int, or a fraction of it) to a
         ``calibration`` set, stratified by class and seeded, before any training.
