@@ -83,6 +83,17 @@ def test_cuda_run_matches_cpu():
 
 
 @pytest.mark.cupy
+def test_legacy_cupy_kernels_see_numpy_int_while_numpy_is_untouched():
+    if not sj().legacy:
+        pytest.skip("the np.int shim is for SpikingJelly 0.0.0.0.14")
+    import numpy
+    from spikingjelly.activation_based.auto_cuda import base as cuda_base
+
+    assert cuda_base.np.int is int  # what 0.0.0.0.14's dtype checks compare against
+    assert cuda_base.np.float32 is numpy.float32 and cuda_base.np.float16 is numpy.float16
+    assert numpy.dtype("int64") == cuda_base.np.int
+
+
 def test_cupy_kernel_matches_torch():
     ok = torch.cuda.is_available() and sj().legacy
     if not ok:

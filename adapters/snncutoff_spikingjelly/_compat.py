@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 from functools import lru_cache
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 INSTALL_HINT = (
     "install SpikingJelly: pip install --no-deps 'spikingjelly==2.0.0' 'loguru>=0.7,<1' "
@@ -56,6 +56,8 @@ def sj() -> SimpleNamespace:
     from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
 
     legacy = "backend" in inspect.signature(neuron.IFNode).parameters
+    if legacy:
+        _restore_numpy_int()
     try:
         import importlib.metadata as md
 
@@ -64,6 +66,27 @@ def sj() -> SimpleNamespace:
         version = "unknown"
     return SimpleNamespace(base=base, functional=functional, layer=layer, neuron=neuron,
                            surrogate=surrogate, legacy=legacy, version=version)
+
+
+def _restore_numpy_int() -> None:
+    """Let 0.0.0.0.14's cupy kernels run beside numpy >= 1.24.
+
+    Its ``auto_cuda.base`` compares dtypes with ``np.int``, an alias numpy 1.24 removed, so
+    every cupy neuron fails with ``AttributeError`` there. That module alone gets a numpy
+    namespace with ``int`` restored (as the builtin, its old meaning); numpy is untouched.
+    """
+    import numpy
+
+    try:
+        from spikingjelly.activation_based.auto_cuda import base as cuda_base
+    except ImportError:
+        return
+    if hasattr(cuda_base.np, "int"):
+        return
+    shim = ModuleType("numpy")
+    shim.__dict__.update(numpy.__dict__)
+    shim.int = int
+    cuda_base.np = shim
 
 
 def cupy_available() -> tuple[bool, str]:
