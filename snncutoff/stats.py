@@ -87,19 +87,28 @@ def max_softmax(outputs: Tensor) -> Tensor:
     return _rowwise(outputs, lambda c: (c.softmax(dim=-1).amax(dim=-1),), 1)[0]
 
 
-def max_softmax_of_mean(outputs: Tensor, steps: Tensor) -> Tensor:
-    """``max_c softmax(O / s)``: the largest softmax probability of the mean output.
+def max_softmax_of_mean(outputs: Tensor, steps: Tensor | int) -> Tensor:
+    r"""``max_c softmax(O / s)``: the largest softmax probability of the mean output.
+
+    Computed as :math:`1 / \sum_c \exp\big((O_c - \max_{c'} O_{c'}) / s\big)` (exact in real
+    arithmetic; a few elementwise passes, several times cheaper than a softmax on the
+    few rows of an on-line decision).
 
     Args:
-        outputs: ``[k, N, C]`` cumulative outputs; steps: ``[k, N]`` or ``[k, 1]`` 1-based step
-            counts s (each row divided by its own, in the outputs' dtype).
+        outputs: ``[k, N, C]`` cumulative outputs with ``steps`` ``[k, N]`` or ``[k, 1]`` 1-based
+            step counts s (each row divided by its own, in the outputs' dtype); or ``[N, C]``
+            outputs of one step with ``steps`` an int or ``[N]``.
     Returns:
-        ``[k, N]``; computed a step at a time (no full-size temporary).
+        ``[k, N]`` (or ``[N]``); computed a step at a time (no full-size temporary).
     """
+    if outputs.dim() == 2:
+        s = steps.to(device=outputs.device, dtype=outputs.dtype).unsqueeze(-1) if isinstance(steps, Tensor) else steps
+        d = torch.sub(outputs, outputs.amax(dim=-1, keepdim=True)).div_(s)
+        return d.exp_().sum(dim=-1).reciprocal_()
     steps = steps.to(device=outputs.device, dtype=outputs.dtype)
     out = torch.empty(outputs.shape[:2], dtype=outputs.dtype, device=outputs.device)
     for t in range(outputs.shape[0]):
-        out[t] = max_softmax(outputs[t] / steps[t].unsqueeze(-1))
+        out[t] = max_softmax_of_mean(outputs[t], steps[t].expand(outputs.shape[1]))
     return out
 
 

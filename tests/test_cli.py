@@ -196,7 +196,12 @@ def test_speed_early_exit(tmp_path):
 
 
 def test_core_speed_small():
-    res = CliRunner().invoke(main, ["core-speed", "--T", "4", "--N", "300", "--C", "5", "--repeats", "1", "--json"])
+    res = CliRunner().invoke(main, ["core-speed", "--T", "4", "--N", "300", "--C", "5", "--repeats", "1",
+                                    "--decision-batch", "16", "--decision-calls", "3", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["exact_cold_speedup"] > 0
+    assert set(d["decisions"]) == {"TopKGap(0.01)", "Confidence(0.001)", "Entropy(0.01)", "Conformal(0.05)",
+                                   "Stability(3)", "LearnedExit(0.01)"}
+    assert d["decisions"]["TopKGap(0.01)"]["over_topk"] == 1.0
+    assert all(e["us_per_decision"] > 0 for e in d["decisions"].values())

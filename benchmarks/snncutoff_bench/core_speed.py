@@ -1,4 +1,4 @@
-"""Speed of the core's Top-K calibration against a straightforward loop.
+"""Speed of the core's Top-K calibration against a straightforward loop, and of each rule's on-line decision.
 
 The baseline is the SNNCutoff procedure written the obvious way: ``topk`` gaps, a
 softmax argmax, then a Python loop over 100 grid thresholds and T steps, each
@@ -7,6 +7,10 @@ sort and cumulative counts per step, and reads each trace once for its top-2 gap
 (the compiled kernel of :mod:`snncutoff._native` where it was built; ``native_kernel``
 says whether it was). Both run on the same synthetic traces in the same process; the
 figures are ratios measured in that one run.
+
+:func:`decision_costs` times what early exit pays per step for a decision: each rule's
+``exit_now`` on one step's cumulative outputs of a batch, against ``TopKGap`` on the same
+batch in the same run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from snncutoff import TopKGap, Trace, _native, sweep
+from snncutoff import Confidence, Conformal, Entropy, LearnedExit, Stability, TopKGap, Trace, _native, sweep
 
 
 def synthetic_trace(T: int, N: int, C: int, seed: int) -> Trace:
@@ -145,3 +149,31 @@ def measure(T: int = 64, N: int = 50_000, C: int = 100, sweep_values: int = 50, 
         sweep_values=sweep_values,
         native_kernel=_native.available(),
     )
+
+
+def decision_costs(batch: int = 256, C: int = 10, T: int = 32, repeats: int = 5, calls: int = 200,
+                   seed: int = 0) -> dict[str, dict[str, float]]:
+    """Microseconds per on-line decision of one step for ``batch`` samples, per rule, and the ratio to TopKGap.
+
+    Every rule is fitted on the same synthetic calibration trace (``[T, 2000, C]``) and
+    decides at step ``T - 2`` (thresholds there are finite, so every score is computed) on
+    the cumulative outputs ``[batch, C]`` of a second trace, carrying its per-sample state
+    where it has one. Best of ``repeats`` runs of ``calls`` decisions each.
+    """
+    cal, test = synthetic_trace(T, 2000, C, seed), synthetic_trace(T, batch, C, seed + 1)
+    rules = {"TopKGap(0.01)": TopKGap(0.01), "Confidence(0.001)": Confidence(0.001), "Entropy(0.01)": Entropy(0.01),
+             "Conformal(0.05)": Conformal(0.05), "Stability(3)": Stability(3), "LearnedExit(0.01)": LearnedExit(0.01)}
+    t = T - 2
+    out = test.outputs[t].contiguous()
+    costs = {}
+    for name, rule in rules.items():
+        rule.fit(cal)
+        state = rule.initial_state(batch)
+
+        def decide(rule=rule, state=state):
+            for _ in range(calls):
+                rule.exit_now(t, out, state)
+
+        costs[name] = _best(decide, repeats) / calls * 1e6
+    base = costs["TopKGap(0.01)"]
+    return {name: {"us_per_decision": us, "over_topk": us / base} for name, us in costs.items()}

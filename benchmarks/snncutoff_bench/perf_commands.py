@@ -109,14 +109,21 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
 @click.option("--N", "N", default=50_000, show_default=True, type=click.IntRange(min=1), help="Samples per trace.")
 @click.option("--C", "C", default=100, show_default=True, type=click.IntRange(min=2), help="Classes.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Best of this many runs.")
+@click.option("--decision-batch", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Batch of the on-line decision timings (each rule's exit_now on one step, vs TopKGap's).")
+@click.option("--decision-calls", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Decisions per timed run of each rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
-    """Top-K calibration speed: snncutoff vs a per-threshold Python loop (ratios from one run)."""
-    from .core_speed import measure
+def core_speed(T: int, N: int, C: int, repeats: int, decision_batch: int, decision_calls: int,
+               as_json: bool) -> None:
+    """Top-K calibration speed: snncutoff vs a per-threshold Python loop; each rule's on-line decision
+    cost against TopKGap's (ratios from one run)."""
+    from .core_speed import decision_costs, measure
 
     click.echo(f"synthetic traces T={T} N={N} C={C}: {2 * T * N * C * 4 / 1e9:.2f} GB", err=True)
     d = measure(T, N, C, repeats=repeats).to_dict()
+    d["decisions"] = decision_costs(decision_batch, C, T, repeats=max(repeats, 3), calls=decision_calls)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -135,6 +142,9 @@ def core_speed(T: int, N: int, C: int, repeats: int, as_json: bool) -> None:
     for name, sec, ratio in rows:
         click.echo(f"| {name} | {sec:.3f} | {ratio:.1f}x |")
     click.echo(f"\nsweep / single fit+evaluate: {d['sweep_over_single_fit_evaluate']:.2f}x")
+    click.echo(f"\n| on-line decision, one step of {decision_batch} samples | us | vs TopKGap |\n|---|---:|---:|")
+    for name, e in d["decisions"].items():
+        click.echo(f"| {name} | {e['us_per_decision']:.1f} | {e['over_topk']:.2f}x |")
     if not d["native_kernel"]:
         click.echo("(the optional C top-2 kernel is not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
                    "about 3x slower on new traces; reinstall with a C compiler present)")

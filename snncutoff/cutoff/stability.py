@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..stats import argmax_runs, top2_gap
+from ..stats import top2_gap
 from ..trace import Trace
 from ..validation import check_positive_int
 from .base import CutoffPolicy
@@ -37,10 +37,21 @@ class RunState:
 
     def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
         gap, argmax = top2_gap(outputs)
-        runs = argmax_runs(argmax, (state[:, 0].long(), state[:, 1].long()))
-        gaps = gap.double()
-        before = torch.cat([state[None, :, 2], gaps[:-1]])
-        return torch.stack([argmax.double(), runs.double(), gaps, before], dim=-1)
+        if gap.shape[0] == 1:  # one step (the common on-line decision): a few whole-row operations
+            cur = argmax[0].double()  # exact in float64, as are the run lengths
+            run = torch.where(cur == state[:, 0], state[:, 1] + 1.0, 1.0)
+            return torch.stack([cur, run, gap[0].double(), state[:, 2]], dim=-1).unsqueeze(0)
+        states = torch.empty(*gap.shape, 4, dtype=torch.float64, device=gap.device)
+        states[..., 0] = argmax
+        states[..., 2] = gap
+        states[0, :, 3] = state[:, 2]
+        states[1:, :, 3] = states[:-1, :, 2]
+        last, run = state[:, 0], state[:, 1]
+        for t in range(gap.shape[0]):  # the run continues where the argmax is the last one (-1: no step yet)
+            cur = states[t, :, 0]
+            run = torch.where(cur == last, run + 1.0, 1.0)
+            states[t, :, 1], last = run, cur
+        return states
 
     @staticmethod
     def _trace_history(trace: Trace) -> tuple[Tensor, Tensor, Tensor]:
