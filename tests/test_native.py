@@ -63,12 +63,27 @@ def test_policy_results_do_not_depend_on_the_kernel(monkeypatch):
     assert torch.equal(with_kernel.predictions, without.predictions)
 
 
+def _top2_in_child(x):
+    """Run in a forked worker: returns numpy arrays, so that no torch code (whose OpenMP pool does not
+    survive a fork) runs in the child to send the result back."""
+    gap, idx = _native.top2_gap(torch.from_numpy(x))
+    return gap.numpy(), idx.numpy()
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_kernel_works_in_a_forked_child():
     import multiprocessing as mp
 
-    x = torch.randn(ROWS, 12, generator=torch.Generator().manual_seed(4))
-    _native.top2_gap(x)  # the parent's thread pool exists now
-    with mp.get_context("fork").Pool(1) as pool:
-        gap, idx = pool.apply_async(_native.top2_gap, (x,)).get(timeout=60)  # a stale pool would hang
-    assert torch.equal(gap, top2_gap(x)[0]) and torch.equal(idx, x.argmax(-1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # with or without xdist (whose workers set one thread): the kernel splits
+    try:
+        x = torch.randn(2 * _native._MIN_ROWS + 5, 12, generator=torch.Generator().manual_seed(4))
+        _native.top2_gap(x)
+        assert _native._pool is not None  # the parent's thread pool exists now
+        with mp.get_context("fork").Pool(1) as pool:
+            gap, idx = pool.apply_async(_top2_in_child, (x.numpy(),)).get(timeout=30)  # a stale pool would hang
+    finally:
+        torch.set_num_threads(threads)
+    ref = torch.topk(x, 2, dim=-1).values
+    assert torch.equal(torch.from_numpy(gap), ref[:, 0] - ref[:, 1])
+    assert torch.equal(torch.from_numpy(idx), x.argmax(-1))

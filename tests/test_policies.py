@@ -84,15 +84,33 @@ def test_confidence_hand_worked():
 
 
 def test_confidence_threshold_is_float32_and_strict():
-    # softmax max exactly float32(0.99): not > float32(1 - 0.01)
-    p = torch.tensor(0.99, dtype=torch.float32)
-    logit = torch.log(p / (1 - p))
-    out = torch.stack([torch.tensor([[0.0, 0.0]]), torch.stack([logit, torch.tensor(0.0)]).view(1, 2)])
+    import numpy as np
+
+    # a float32 softmax maximum p (step 0, sample 0); epsilon = 1 - p makes the threshold p itself
+    out = torch.tensor([[[1.3, 0.2, -0.4]], [[9.0, 0.0, 0.0]]])
     tr = Trace(out, torch.tensor([0]))
-    prob = tr.outputs[1].softmax(-1).max()
-    expected_exit = 2 if bool(prob > 0.99) else 2  # last step is forced either way
-    assert Confidence(0.01).evaluate(tr).exit_step.tolist() == [expected_exit]
-    assert Confidence(0.01).exit_now(1, tr.outputs[1]).tolist() == [bool(prob > 0.99)]
+    p = torch.softmax(out[0, 0], -1).max()
+    assert p.dtype == torch.float32 and 0.5 < p.item() < 1.0
+    eps_equal = 1.0 - p.item()  # exact: 1 - (1 - p) == p in float64
+    assert 1.0 - eps_equal == p.item()
+    # strict: p > p does not hold, so no exit at step 0 (the last step is forced)
+    assert Confidence(eps_equal).exit_now(0, out[0]).tolist() == [False]
+    assert Confidence(eps_equal).evaluate(tr).exit_step.tolist() == [2]
+    # 1 - epsilon just below p in float64 but equal to p in float32: compared in float32, still no exit
+    eps_f64 = eps_equal + 1e-10
+    assert 1.0 - eps_f64 < p.item() and torch.tensor(1.0 - eps_f64, dtype=torch.float32) == p
+    assert Confidence(eps_f64).exit_now(0, out[0]).tolist() == [False]
+    assert Confidence(eps_f64).evaluate(tr).exit_step.tolist() == [2]
+    assert sc.sweep(Confidence(), None, tr, [eps_equal, eps_f64])[1].exit_step.tolist() == [2]
+    # the next float32 below p as the threshold: p passes it
+    below = float(np.nextafter(np.float32(p.item()), np.float32(0.0)))
+    assert Confidence(1.0 - below).exit_now(0, out[0]).tolist() == [True]
+    assert Confidence(1.0 - below).evaluate(tr).exit_step.tolist() == [1]
+    # the same in float64 outputs: there the threshold is not rounded, and just below p passes
+    tr64 = Trace(out.double(), tr.labels)
+    p64 = torch.softmax(out[0, 0].double(), -1).max().item()
+    assert Confidence(1.0 - p64).evaluate(tr64).exit_step.tolist() == [2]
+    assert Confidence(1.0 - p64 + 1e-12).evaluate(tr64).exit_step.tolist() == [1]
 
 
 def test_rule_thresholds_follow_a_changed_parameter():
