@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .graph import Activation, find_functional_activations
+from .stats import nearest_rank
 from .validation import check_int, check_number
 
 #: percentile of the positive pre-activations :func:`calibrate` sets thresholds to
@@ -271,7 +272,7 @@ def calibrate(net: nn.Module, data: Iterable, quantile: float = QUANTILE, overwr
         if pos.numel() == 0:
             raise ValueError(f"constraint layer '{name}' never received a positive input on the calibration data; "
                              "calibrate on more or different data, or give it threshold=")
-        k = max(1, min(pos.numel(), math.ceil(quantile * pos.numel())))
+        k = nearest_rank(quantile, pos.numel())
         theta = float(pos.kthvalue(k).values)
         layer.threshold.data.fill_(theta)
         out[name] = theta

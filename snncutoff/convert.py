@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .constraints import Constraint
 from .graph import check_by_running, find_functional_activations, is_activation, is_empty_sequential
 from .spec import IF
+from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
 
 SUPPORTED: tuple[type[nn.Module], ...] = (
@@ -83,9 +84,10 @@ def calibrate_thresholds(
 ) -> dict[str, float]:
     """Threshold of every ``nn.ReLU`` of ``ann`` from its outputs on ``data``.
 
-    ``"max"``: the largest activation over all batches. ``"99.9%"`` (any percentile):
-    the mean over batches of the per-batch percentile of the layer's activations
-    (robust to outliers, as in Rueckauer et al. 2017).
+    ``"max"``: the largest activation over all batches. ``"99.9%"`` (any percentile q):
+    the mean over batches of the per-batch percentile of the layer's activations, the
+    nearest-rank one (the value of rank :math:`\\lceil q n \rceil` among the batch's n
+    activations; robust to outliers, as in Rueckauer et al. 2017).
 
     Returns:
         ``{module path: threshold}``.
@@ -100,7 +102,7 @@ def calibrate_thresholds(
             if q is None:
                 stats[name].append(float(flat.max()))
             else:  # kthvalue: quantile() refuses more than 16M elements
-                k = max(1, min(flat.numel(), int(round(q * flat.numel()))))
+                k = nearest_rank(q, flat.numel())
                 stats[name].append(float(flat.kthvalue(k).values))
         return fn
 

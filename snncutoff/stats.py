@@ -48,6 +48,16 @@ def _rowwise(outputs: Tensor, fn, n_out: int) -> tuple[Tensor, ...]:
     return tuple(o.reshape(outputs.shape[:-1]) for o in outs)
 
 
+def nearest_rank(q: float, n: int) -> int:
+    r"""The 1-based rank :math:`\lceil q n \rceil` of the q-quantile among n sorted values (nearest rank), in [1, n].
+
+    The smallest value with a share of at least q of the n values at or below it; q·n is
+    rounded to 9 decimals first, so ``0.92 * 100`` (92.00000000000001 in floating point)
+    gives 92, not 93.
+    """
+    return max(1, min(n, math.ceil(round(q * n, 9))))
+
+
 def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
     r"""Top-1 minus top-2 of the last dimension, and the argmax.
 
