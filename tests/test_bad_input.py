@@ -55,6 +55,9 @@ REFUSED = [
     (lambda: sc.sweep("topk", TRACE, TRACE, [0.1]), TypeError, "policy must be a cutoff rule"),
     (lambda: sc.sweep(sc.TopKGap, TRACE, TRACE, [0.1]), TypeError, "pass an instance, TopKGap\\(\\)"),
     (lambda: sc.TopKGap().fit(make_trace(C=4)).evaluate(make_trace(C=6)), ValueError, "C = 4 classes"),
+    # early exit on inputs the network was not built for
+    (lambda: sc.early_exit(*_snn(), torch.randn(4, 1, 12, 12), sc.Timestep(2), T=3), ValueError,
+     "each sample, \\[1, 12, 12\\] here, has the shape the network was built for"),
     # encoding, collection
     (lambda: sc.encode(torch.zeros(2, 3), 0), ValueError, "T must be an integer >= 1"),
     (lambda: sc.encode(torch.zeros(2, 3), 2.5), TypeError, "T must be an integer"),

@@ -223,7 +223,8 @@ class Session:
             return (f"{what}. Early exit drops samples from the batch as they exit (it had {self.first_batch}), so "
                     "the network must take any batch size: a forward that reshapes with a fixed batch size, such "
                     "as x.view(batch_size, -1), must use x.flatten(1) (or x.view(x.shape[0], -1))")
-        return what
+        return (f"{what}. Check that each sample, {list(x.shape[2:])} here, has the shape the network was built "
+                "for (the same as in collect_trace)")
 
     def _check(self, y: Any, k: int, n: int) -> None:
         name = type(self.net).__name__
