@@ -46,7 +46,12 @@ class Trace:
     """Cumulative outputs of an SNN over ``T`` steps on ``N`` labelled samples.
 
     Args:
-        outputs: ``[T, N, C]`` float, cumulative output after ``t + 1`` steps.
+        outputs: ``[T, N, C]`` float, cumulative output after ``t + 1`` steps. float16 and
+            bfloat16 halve or quarter the memory, and every statistic is computed in that
+            dtype: integer spike counts stay exact up to 2048 (float16) or 256 (bfloat16)
+            per class, beyond which gaps round and ties appear that float32 would not
+            have; real-valued outputs keep 11 (8) significant bits, so near-ties between
+            classes and thresholds are decided at that precision. Use float32 when in doubt.
         labels: ``[N]`` integer class indices in ``[0, C)``.
         ops: optional ``[T, N]`` non-negative cost of each step (not cumulative).
         meta: optional JSON-ready description (backend, network, data set ...).

@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+import snncutoff as sc
 from snncutoff import Trace
 
 from .conftest import make_trace
@@ -126,3 +127,14 @@ def test_ops_validation():
 def test_trace_pickles():
     tr = make_trace()
     assert torch.equal(pickle.loads(pickle.dumps(tr)).outputs, tr.outputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_spike_counts_give_the_float32_results(dtype):
+    g = torch.Generator().manual_seed(3)
+    spikes = (torch.rand(12, 200, 6, generator=g) < torch.linspace(0.1, 0.6, 6)).float()  # integer counts <= 12
+    labels = torch.randint(0, 6, (200,), generator=g)
+    full, half = sc.Trace.from_steps(spikes, labels), sc.Trace.from_steps(spikes.to(dtype), labels)
+    assert torch.equal(sc.optimal_cutoff(half).exit_step, sc.optimal_cutoff(full).exit_step)
+    for rule in (sc.TopKGap(0.0), sc.Stability(2), sc.Timestep(5)):
+        assert torch.equal(rule.fit(half).evaluate(half).exit_step, rule.fit(full).evaluate(full).exit_step)
