@@ -205,3 +205,15 @@ def test_core_speed_small():
                                    "Stability(3)", "LearnedExit(0.01)"}
     assert d["decisions"]["TopKGap(0.01)"]["over_topk"] == 1.0
     assert all(e["us_per_decision"] > 0 for e in d["decisions"].values())
+
+
+def test_memory_small(tmp_path):
+    res = CliRunner().invoke(main, ["memory", "--T", "3", "--N", "40", "--C", "6", "--variants", "memory,mmap,summary",
+                                    "--folder", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert set(d["variants"]) == {"memory", "mmap", "summary"}
+    for r in d["variants"].values():
+        assert r["trace_bytes"] == 3 * 40 * 6 * 4 and r["peak_rss"] > 0 and r["topk_ns_per_element"] > 0
+    assert (tmp_path / "trace-3x40x6.pt").is_file()
+    assert d["variants"]["summary"]["summary_bytes_per_sample_step"] > 0

@@ -7,7 +7,10 @@ Variants, on a synthetic trace of ``T x N x C`` float32 cumulative outputs:
 - ``mmap``: the same trace saved, then ``Trace.load(path, mmap=True)`` and the same analyses
   (the file's pages are read as needed, and count in RSS while they are mapped);
 - ``summary``: the ``TraceSummary`` of the trace (its bytes per sample and step) and the same
-  analyses on it (the peak includes building the full trace first).
+  analyses on it (the peak includes building the full trace first);
+- ``reference``: TopKGap's fit + evaluate on an in-memory T=64, N=50 000, C=100 trace (the
+  ``core-speed`` case), whatever ``T, N, C`` are: its time per element is the baseline against
+  which the large trace's TopKGap time per element is read, in the same run.
 
 The figure is the process's peak resident memory over the trace's bytes (the process starts
 at about 0.25 GB with torch loaded). The trace is written under ``folder`` for ``mmap``.
@@ -35,6 +38,9 @@ if what == "save":
     sc.Trace(out.cumsum_(0), labels).save(path)
     print(json.dumps({"saved": path}))
     sys.exit()
+if what == "reference":
+    T, N, C = 64, 50_000, 100
+    nbytes = T * N * C * 4
 t0 = time.perf_counter()
 if what == "mmap":
     trace = sc.Trace.load(path, mmap=True)
@@ -51,20 +57,25 @@ else:
         del out
 t1 = time.perf_counter()
 sc.optimal_cutoff(trace)
+k0 = time.perf_counter()
 sc.TopKGap(0.0).fit(trace).evaluate(trace)
-sc.Conformal(0.1).fit(trace).evaluate(trace)
-sc.Confidence(0.01).evaluate(trace)
+k1 = time.perf_counter()
+if what != "reference":
+    sc.Conformal(0.1).fit(trace).evaluate(trace)
+    sc.Confidence(0.01).evaluate(trace)
 t2 = time.perf_counter()
 extra = {}
 if what == "summary":
     kept = sum(v.numel() * v.element_size() for v in trace.statistics.values()) + trace.labels.numel() * 8
     extra = {"summary_bytes": kept, "summary_bytes_per_sample_step": kept / (T * N)}
 print(json.dumps({"variant": what, "trace_bytes": nbytes, "peak_rss": peak(), "peak_over_trace": peak() / nbytes,
-                  "load_or_construct_s": t1 - t0, "analyses_s": t2 - t1, **extra}))
+                  "load_or_construct_s": t1 - t0, "analyses_s": t2 - t1, "topk_s": k1 - k0,
+                  "topk_ns_per_element": (k1 - k0) / (T * N * C) * 1e9, **extra}))
 """
 
 
-def measure(T: int, N: int, C: int, folder: Path, variants: tuple[str, ...] = ("memory", "mmap", "summary"),
+def measure(T: int, N: int, C: int, folder: Path,
+            variants: tuple[str, ...] = ("memory", "mmap", "summary", "reference"),
             python: str = sys.executable) -> dict:
     """Peak RSS of each variant, each in its own process (see the module docstring)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -154,8 +154,9 @@ def core_speed(T: int, N: int, C: int, repeats: int, decision_batch: int, decisi
 @click.option("--T", "T", default=32, show_default=True, type=click.IntRange(min=1), help="Timesteps.")
 @click.option("--N", "N", default=50_000, show_default=True, type=click.IntRange(min=1), help="Samples.")
 @click.option("--C", "C", default=1000, show_default=True, type=click.IntRange(min=2), help="Classes.")
-@click.option("--variants", default="memory,mmap,summary", show_default=True,
-              help="Comma-separated: memory (outputs in memory), mmap (Trace.load(mmap=True)), summary.")
+@click.option("--variants", default="memory,mmap,summary,reference", show_default=True,
+              help="Comma-separated: memory (outputs in memory), mmap (Trace.load(mmap=True)), summary, reference "
+                   "(TopKGap on the T=64 N=50000 C=100 trace, the baseline of its time per element).")
 @click.option("--folder", type=click.Path(file_okay=False), default="snncutoff-results/memory", show_default=True,
               help="Where the trace of the mmap variant is written (T x N x C x 4 bytes).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -171,13 +172,20 @@ def memory(T: int, N: int, C: int, variants: str, folder: str, as_json: bool) ->
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo("| variant | peak RSS / trace bytes | load or construct s | analyses s |\n|---|---:|---:|---:|")
+    click.echo("| variant | peak RSS / trace bytes | load or construct s | analyses s | TopKGap ns / element |\n"
+               "|---|---:|---:|---:|---:|")
     for name, r in d["variants"].items():
         if "error" in r:
-            click.echo(f"| {name} | failed: {r['error']} | | |")
+            click.echo(f"| {name} | failed: {r['error']} | | | |")
         else:
             click.echo(f"| {name} | {r['peak_over_trace']:.2f}x | {r['load_or_construct_s']:.2f} | "
-                       f"{r['analyses_s']:.2f} |")
+                       f"{r['analyses_s']:.2f} | {r['topk_ns_per_element']:.2f} |")
+    ref = d["variants"].get("reference", {}).get("topk_ns_per_element")
+    if ref:
+        for name, r in d["variants"].items():
+            if name != "reference" and "topk_ns_per_element" in r:
+                click.echo(f"TopKGap time per element, {name}: {r['topk_ns_per_element'] / ref:.2f}x the "
+                           "T=64 N=50000 C=100 reference")
     if "summary_bytes_per_sample_step" in d["variants"].get("summary", {}):
         click.echo(f"\nsummary: {d['variants']['summary']['summary_bytes_per_sample_step']:.0f} bytes per sample "
                    f"and step, against {4 * C} for the outputs")
