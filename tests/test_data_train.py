@@ -269,21 +269,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_cpu_processes(tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
+def _torchrun(worker: Path, *args: str) -> subprocess.CompletedProcess:
     paths = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]  # keep tox's shared torch
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), str(tmp_path)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+           "--master_port", str(_free_port()), str(worker), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_two_cpu_processes_and_exact_resume(tmp_path):
+    """DDP on two gloo processes: the ranks hold the same weights; a run interrupted on every rank in
+    epoch 2 and resumed ends with the checkpoint (weights, optimizer, history) of the uninterrupted run."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    res = _torchrun(worker, str(tmp_path), "full")
     assert res.returncode == 0, res.stderr[-3000:]
-    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    w0 = torch.load(tmp_path / "full-rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "full-rank1.pt", weights_only=True)
     params = [k for k, _ in models.get("cnn").named_parameters()]  # BN running stats stay per rank
     assert params and all(torch.equal(w0[k], w1[k]) for k in params)
-    hist = json.loads((tmp_path / "history.json").read_text())
+    hist = json.loads((tmp_path / "full-history.json").read_text())
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert (tmp_path / "ckpt" / "last.pt").exists() and not (tmp_path / "ckpt-rank1").exists()
+
+    assert _torchrun(worker, str(tmp_path), "cut").returncode != 0  # KeyboardInterrupt on both ranks
+    assert torch.load(tmp_path / "ckpt-cut" / "last.pt", weights_only=True)["epoch"] == 1
+    res = _torchrun(worker, str(tmp_path), "resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "resume-history.json").read_text()) == hist
+    resumed = torch.load(tmp_path / "resume-rank0.pt", weights_only=True)
+    assert all(torch.equal(w0[k], resumed[k]) for k in w0)
+    full, cut = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("ckpt", "ckpt-cut"))
+    assert full["epoch"] == cut["epoch"] == 3 and full["history"] == cut["history"]
+    assert all(torch.equal(v, cut["model"][k]) for k, v in full["model"].items() if isinstance(v, torch.Tensor))
+    assert torch.equal(full["optimizer"]["state"][0]["exp_avg"], cut["optimizer"]["state"][0]["exp_avg"])
 
 
 def test_arrays_and_npz_files_become_a_seeded_stratified_standardised_split(tmp_path):
