@@ -4,8 +4,11 @@ r"""Optimal Cutoff Timestep (OCT): the oracle earliest step a sample could stop 
            \qquad \mathrm{OCT}_n = T \text{ if } \hat y_{T,n} \ne y_n
 
 with :math:`\hat y_{t,n}` the argmax of the cumulative output after t steps.
-Accuracy under OCT equals accuracy at T by construction; the mean OCT is the lower
-bound on mean exit step that any run-time cutoff can reach at no accuracy loss.
+Accuracy under OCT equals accuracy at T by construction; the mean OCT is the reference
+every rule's mean exit step is read against (``over_oct``). It is not a strict lower
+bound: a rule may stop a sample at a correct step before its prediction wavers and comes
+back (OCT waits for the last change), or stop a sample that is wrong at T at any step,
+and lose nothing against all T steps.
 """
 
 from __future__ import annotations
