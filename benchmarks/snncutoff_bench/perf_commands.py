@@ -74,7 +74,7 @@ def speed(model, batch_size, T, backends, device, repeats, early_exit, epsilon, 
         cal = split.loader(split.calibration, batch_size)
         test = split.loader(split.test, batch_size)
         results = sp.early_exit_speed(batch_size, T, epsilon, "topk", names, device, repeats, ann, (cal, test),
-                                      block, stream_repeats)
+                                      block, stream_repeats, progress=not quiet)
         results.update(model=model, dataset=dataset, input_size=size)
         rows = ["| backend | all T steps s | early exit s | mean exit step | realised speed-up | ideal T/mean | "
                 "realised / ideal | same, block=1 | network alone / ideal | decisions add | "

@@ -13,6 +13,7 @@ from functools import partial
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import snncutoff as sc
 from snncutoff import backends, models
@@ -151,7 +152,7 @@ def _replay(b, net: nn.Module, x_seq: torch.Tensor, calls: list[tuple[int, int]]
 def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, policy: str = "topk",
                      names: list[str] | None = None, device: str = "cpu", repeats: int = 3,
                      ann: nn.Module | None = None, data=None, block: int | str = "auto",
-                     stream_repeats: int = 16) -> dict:
+                     stream_repeats: int = 16, progress: bool = False) -> dict:
     """Wall time of streaming early exit vs the plain step loop over all T, per backend.
 
     With a trained network and its data (``ann``, ``data`` = (calibration loader, test
@@ -175,6 +176,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
     keeps the batch full for most of the run. ``matches_evaluate`` / ``loader_matches_evaluate``:
     the share of samples whose exit step and prediction equal ``policy.evaluate`` on a trace of
     the same data (1.0 unless the network's arithmetic depends on the batch size).
+    ``progress``: a bar per backend over these stages (updated between timings, never inside one).
     """
     cuda = device.startswith("cuda")
     cal_loader, test_loader = data
@@ -183,9 +185,11 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
            "test_samples": len(x), "stream_repeats": stream_repeats, "backends": {}}
     x = x[:batch].to(device)
     for name in names or [n for n in backends.names() if backends.available(n)[0]]:
+        stages = tqdm(total=16, desc=f"early exit, {name}", unit="stage", disable=not progress, leave=False)
         b = backends.get(name)
         snn = b.convert(ann).to(device)
         cal = sc.collect_trace(b, snn, cal_loader, T, device=device, progress=False)
+        stages.update(1)
         p = (sc.TopKGap(epsilon) if policy == "topk" else sc.Conformal(epsilon)).fit(cal)
         x_seq = sc.encode(x, T)
         plan = b.block_plan(snn)
@@ -210,15 +214,23 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
             log = _CallLog(b)
             steps, _, _ = sc.early_exit(log, snn, x, p, T, block=k)
             schedules[k] = log.calls
+        stages.update(1)
+
+        def timed(measure: Callable[[], float], stages: tqdm = stages) -> float:
+            value = measure()
+            stages.update(1)
+            return value
+
         with torch.no_grad():  # each variant warmed up and repeated on its own (steady state)
-            t_full = _best(full, repeats, cuda)
-            t_early = _best(early, repeats, cuda)
-            t_never = _best(never, repeats, cuda)
-            never_overhead = _paired_overhead(never, full, repeats, cuda)
-            decided_overhead = _paired_overhead(partial(never, rule=_DecidedNever(0.0)), full, repeats, cuda)
-            t_step_by_step = _best(lambda: early(k=1), repeats, cuda)
-            t_full_block = _best(full_block, repeats, cuda)
-            t_net, t_net_1 = (_best(partial(_replay, b, snn, x_seq, schedules[k], plan), repeats, cuda)
+            t_full = timed(lambda: _best(full, repeats, cuda))
+            t_early = timed(lambda: _best(early, repeats, cuda))
+            t_never = timed(lambda: _best(never, repeats, cuda))
+            never_overhead = timed(lambda: _paired_overhead(never, full, repeats, cuda))
+            decided_overhead = timed(lambda: _paired_overhead(partial(never, rule=_DecidedNever(0.0)), full,
+                                                              repeats, cuda))
+            t_step_by_step = timed(lambda: _best(lambda: early(k=1), repeats, cuda))
+            t_full_block = timed(lambda: _best(full_block, repeats, cuda))
+            t_net, t_net_1 = (timed(partial(_best, partial(_replay, b, snn, x_seq, schedules[k], plan), repeats, cuda))
                               for k in (block, 1))
         ideal = T / float(steps.double().mean())
         realised = t_full / t_early
@@ -230,6 +242,7 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
         exact_steps, exact_preds, _ = sc.early_exit(b, snn, x, p, T, block=block)
         matches = float(((exact_steps == post.exit_step.cpu()) & (exact_preds == post.predictions.cpu()))
                         .double().mean())
+        stages.update(1)
 
         def loader_full(b=b, snn=snn):
             for xb, _ in test_loader:
@@ -239,19 +252,23 @@ def early_exit_speed(batch: int = 256, T: int = 32, epsilon: float = 1e-9, polic
                     b.step(snn, xb_seq[t])
 
         with torch.no_grad():
-            t_loader_full = _best(loader_full, repeats, cuda)
+            t_loader_full = timed(lambda: _best(loader_full, repeats, cuda))
         refilled = [sc.early_exit_loader(b, snn, test_loader, p, T, refill=True, device=device, progress=False)
                     for _ in range(repeats)]
+        stages.update(1)
         t_refill = min(r.wall_time_s for r in refilled)
         loader_ideal = T / refilled[0].mean_steps
         loader_post = p.evaluate(sc.collect_trace(b, snn, test_loader, T, device=device, progress=False))
         loader_matches = float(((refilled[0].exit_step == loader_post.exit_step.cpu())
                                 & (refilled[0].predictions == loader_post.predictions.cpu())).double().mean())
+        stages.update(1)
         # a long stream: the test loader stream_repeats times over (all T steps: that many loader_full runs)
         stream = [batch for _ in range(stream_repeats) for batch in test_loader]
         streamed = [sc.early_exit_loader(b, snn, stream, p, T, refill=True, device=device, progress=False)
                     for _ in range(max(1, repeats // 2))]
         stream_result, t_stream = streamed[0], min(r.wall_time_s for r in streamed)
+        stages.update(1)
+        stages.close()
         out["backends"][name] = {
             "full_seconds": t_full, "early_exit_seconds": t_early, "mean_exit_step": float(steps.double().mean()),
             "realised_speedup": realised, "ideal_speedup": ideal, "realised_over_ideal": realised / ideal,
