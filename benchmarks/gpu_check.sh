@@ -56,24 +56,18 @@ $PY - "$OUT_DIR" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+KEYS = {"speed": ("run_ms_per_step", "step_ms_per_step", "native_ms_per_step"),
+        "early-exit": ("realised_speedup", "ideal_speedup", "realised_over_ideal", "network_bound_over_ideal",
+                       "stream_refill_over_ideal", "matches_evaluate")}
 summary = {}
-for f in sorted(out.glob("speed-*.json")):
-    try:
-        r = json.loads(f.read_text())
-    except ValueError:
-        summary[f.stem] = "failed"
-        continue
-    summary[f.stem] = {n: {k: e.get(k) for k in ("run_ms_per_step", "step_ms_per_step", "native_ms_per_step")}
-                       for n, e in r["backends"].items()}
-for f in sorted(out.glob("early-exit-*.json")):
-    try:
-        r = json.loads(f.read_text())
-    except ValueError:
-        summary[f.stem] = "failed"
-        continue
-    summary[f.stem] = {n: {k: e.get(k) for k in ("realised_speedup", "ideal_speedup", "realised_over_ideal",
-                                                  "network_bound_over_ideal", "stream_refill_over_ideal",
-                                                  "matches_evaluate")} for n, e in r["backends"].items()}
+for kind, keys in KEYS.items():
+    for f in sorted(out.glob(f"{kind}-*.json")):
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            summary[f.stem] = "failed"
+            continue
+        summary[f.stem] = {n: {k: e.get(k) for k in keys} for n, e in r["backends"].items()}
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 PY

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from . import stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
-from .validation import check_device, check_labels, check_ops, check_path, json_ready
+from .validation import check_device, check_labels, check_meta, check_ops, check_path, json_ready
 
 FORMAT = "snncutoff-trace-summary/1"
 FIELDS = ("predictions", "gaps", "softmax_argmax", "max_softmax", "max_softmax_of_mean", "normalized_entropy",
@@ -50,6 +51,17 @@ def summarize(outputs: Tensor, labels: Tensor, max_set_size: int = 1) -> dict[st
             "max_softmax": stats.max_softmax(outputs), "max_softmax_of_mean": stats.max_softmax_of_mean(outputs, steps),
             "normalized_entropy": stats.normalized_entropy(outputs),
             "label_nonconformity": stats.nonconformity(outputs, labels), "smallest_nonconformity": smallest}
+
+
+def _statistic(name: str, doc: str) -> Callable[[TraceSummary], Tensor]:
+    """A method returning the kept statistic ``name``, as the Trace method of that name computes it."""
+
+    def get(self: TraceSummary) -> Tensor:
+        return self.statistics[name]
+
+    get.__name__ = get.__qualname__ = name
+    get.__doc__ = doc
+    return get
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +92,7 @@ class TraceSummary:
         object.__setattr__(self, "labels", check_labels(self.labels, N, self.C))
         if self.ops is not None:
             object.__setattr__(self, "ops", check_ops(self.ops, T, N))
-        object.__setattr__(self, "meta", json_ready(self.meta, "meta"))
+        object.__setattr__(self, "meta", check_meta(self.meta))
 
     @classmethod
     def of(cls, trace: Any, max_set_size: int = 1) -> TraceSummary:
@@ -126,27 +138,14 @@ class TraceSummary:
         ops = None if self.ops is None else self.ops[:, index]
         return TraceSummary(s, self.labels[index], self.C, ops, dict(self.meta))
 
-    # ---------------------------------------------------------- statistics
-    def predictions(self) -> Tensor:
-        return self.statistics["predictions"]
-
-    def gaps(self) -> Tensor:
-        return self.statistics["gaps"]
-
-    def softmax_argmax(self) -> Tensor:
-        return self.statistics["softmax_argmax"]
-
-    def max_softmax(self) -> Tensor:
-        return self.statistics["max_softmax"]
-
-    def max_softmax_of_mean(self) -> Tensor:
-        return self.statistics["max_softmax_of_mean"]
-
-    def normalized_entropy(self) -> Tensor:
-        return self.statistics["normalized_entropy"]
-
-    def label_nonconformity(self) -> Tensor:
-        return self.statistics["label_nonconformity"]
+    # ---------------------------------------------------------- statistics (as Trace's methods)
+    predictions = _statistic("predictions", "``[T, N]`` argmax of the cumulative outputs (int64).")
+    gaps = _statistic("gaps", "``[T, N]`` top-1 minus top-2 of the cumulative outputs.")
+    softmax_argmax = _statistic("softmax_argmax", "``[T, N]`` argmax of the softmax (ties as softmax rounds).")
+    max_softmax = _statistic("max_softmax", "``[T, N]`` largest softmax probability of the cumulative outputs.")
+    max_softmax_of_mean = _statistic("max_softmax_of_mean", "``[T, N]`` largest softmax of the mean output O_t / t.")
+    normalized_entropy = _statistic("normalized_entropy", "``[T, N]`` softmax entropy over log C, in [0, 1].")
+    label_nonconformity = _statistic("label_nonconformity", "``[T, N]`` nonconformity score of the true label.")
 
     def kth_nonconformity(self, k: int) -> Tensor:
         """The k-th smallest nonconformity over the classes (``k <= max_set_size + 1``; ``+inf`` past C)."""

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _native, stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
-from .validation import check_device, check_labels, check_ops, check_outputs, check_path, json_ready
+from .validation import check_device, check_labels, check_meta, check_ops, check_outputs, check_path, json_ready
 
 FORMAT_VERSION = 1
 
@@ -84,9 +84,7 @@ class Trace:
         object.__setattr__(self, "labels", labels)
         if self.ops is not None:
             object.__setattr__(self, "ops", check_ops(self.ops, outputs.shape[0], outputs.shape[1]).detach())
-        if not isinstance(self.meta, dict):
-            raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
-        object.__setattr__(self, "meta", json_ready(self.meta, "meta"))
+        object.__setattr__(self, "meta", check_meta(self.meta))
 
     # ------------------------------------------------------------------ build
     @classmethod

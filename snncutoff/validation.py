@@ -210,6 +210,13 @@ def check_labels(labels: Any, n: int, num_classes: int) -> Tensor:
     return labels
 
 
+def check_meta(meta: Any) -> dict:
+    """A trace's ``meta``: a dict, returned as a JSON-ready copy (:func:`json_ready`)."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    return json_ready(meta, "meta")
+
+
 def check_ops(ops: Any, T: int, n: int) -> Tensor:
     """Check a per-step cost tensor ``[T, N]`` (finite, non-negative)."""
     if not isinstance(ops, Tensor):

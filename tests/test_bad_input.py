@@ -12,6 +12,7 @@ from torch import nn
 import snncutoff as sc
 from snncutoff import constraints, data, models
 from snncutoff.spec import IF, LIF
+from snncutoff.summary import TraceSummary
 from snncutoff.train import TrainConfig, Trainer, load_model
 
 from .conftest import make_trace
@@ -40,6 +41,8 @@ REFUSED = [
      "meta must be a dict"),
     (lambda: sc.Trace(torch.zeros(2, 3, 4, device="meta"), torch.zeros(3, dtype=torch.long)), ValueError,
      "meta device"),
+    (lambda: TraceSummary(TRACE.summary().statistics, TRACE.labels, TRACE.C, meta=[1]), TypeError,
+     "meta must be a dict"),
     (lambda: sc.Trace.cat(TRACE), TypeError, "takes a list of traces"),
     (lambda: sc.Trace.cat([TRACE, "x"]), TypeError, "item 1 is a str"),
     (lambda: sc.Trace(TRACE.outputs, TRACE.labels.float()), TypeError, "integer tensor"),
