@@ -35,4 +35,4 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -e ".${extras}" "${SNNTORCH_SPEC:-snntorch==1.0.0}"
 "${pip[@]}" --no-deps "${SPIKINGJELLY_SPEC:-spikingjelly==2.0.0}" "loguru>=0.7,<1"
 echo "snncutoff installed in $(pwd)/.venv ($(.venv/bin/python -c 'import torch; from snncutoff import _native
-print("torch", torch.__version__ + ",", "C top-2 kernel", "in use" if _native.available() else "not in use (no C compiler?): pure torch")'))"
+print("torch", torch.__version__ + ",", "C kernels", "in use" if _native.available() else "not in use (no C compiler?): pure torch")'))"

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from snncutoff import LearnedExit, Trace
+from snncutoff import LearnedExit, Trace, _native
+from snncutoff.cutoff import learned
 from snncutoff.cutoff.learned import DEFAULT_FEATURES, FEATURES
 from snncutoff.stats import max_softmax_of_mean
 
@@ -93,3 +94,98 @@ def test_feature_choice_is_validated():
         LearnedExit(features="log_run")
     assert LearnedExit().features == DEFAULT_FEATURES
     assert LearnedExit(features=["entropy"]).with_param(0.1).features == ("entropy",)
+
+
+def _runs_by_definition(argmax: list[int]) -> list[int]:
+    """Steps in a row, ending at each step, whose argmax is the one at that step."""
+    runs = []
+    for t, a in enumerate(argmax):
+        runs.append(runs[-1] + 1 if t and argmax[t - 1] == a else 1)
+    return runs
+
+
+def test_scores_are_the_logistic_model_on_every_feature_in_float64():
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 5, (120,), generator=g)
+    steps = torch.randn(7, 120, 5, generator=g, dtype=torch.float64)
+    steps[:, torch.arange(120), labels] += 0.4
+    cal = Trace(steps.cumsum(0), labels)
+    p = LearnedExit(0.1, features=FEATURES).fit(cal)
+    z = p._trace_scores(cal)
+    w, b = p.coef_.tolist(), p.intercept_
+    mu, sd = p.feature_mean_.tolist(), p.feature_scale_.tolist()
+    out = cal.outputs
+    for n in (0, 41, 119):
+        rows = [out[t, n].tolist() for t in range(cal.T)]
+        argmax = [r.index(max(r)) for r in rows]  # first index on ties
+        gaps = [sorted(r, reverse=True)[0] - sorted(r, reverse=True)[1] for r in rows]
+        runs = _runs_by_definition(argmax)
+        for t in range(cal.T):
+            s, r = t + 1, rows[t]
+            e = [math.exp(v - max(r)) for v in r]
+            probs = [v / sum(e) for v in e]
+            em = [math.exp((v - max(r)) / s) for v in r]
+            f = {"gap_per_step": gaps[t] / s, "max_softmax": max(probs), "max_softmax_of_mean": 1.0 / sum(em),
+                 "entropy": -sum(q * math.log(q) for q in probs if q > 0) / math.log(len(r)),
+                 "log_run": math.log(runs[t]), "run_share": runs[t] / s, "progress": s / cal.T,
+                 "gap_growth": gaps[t] - (gaps[t - 1] if t else 0.0)}
+            ref = b + sum(wi * (f[name] - m) / si for name, wi, m, si in zip(FEATURES, w, mu, sd))
+            assert float(z[t, n]) == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def _plan_without_kernel(p: LearnedExit):
+    return p._plan()._replace(native=None)
+
+
+@pytest.mark.skipif(not _native.available(), reason="the optional C kernel was not built (no compiler)")
+@pytest.mark.parametrize("feats", [DEFAULT_FEATURES, FEATURES, ("progress",), ("log_run", "entropy", "max_softmax"),
+                                   ("gap_growth", "run_share")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernel_and_its_torch_twin_give_the_same_bits(feats, dtype):
+    cal = drifting_trace(12, 400, 7, 6, ties=True)
+    test = Trace(drifting_trace(12, 301, 7, 7).outputs.to(dtype), drifting_trace(12, 301, 7, 7).labels)
+    p = LearnedExit(0.05, features=feats).fit(cal)
+    m = p._plan()
+    runs, gaps, before = p._trace_history(test)
+    stat = {"max_softmax": test.max_softmax(), "max_softmax_of_mean": test.max_softmax_of_mean(),
+            "entropy": test.normalized_entropy()}
+    s_rows = torch.randint(1, 13, (test.N,), generator=torch.Generator().manual_seed(8)).double()
+    for t in (0, 5, 11):
+        stats = [stat[name][t] for name in m.stat_names]
+        for s in (float(t + 1), s_rows):
+            native = _native.learned_scores(runs[t], gaps[t], before[t], stats, s, m.native)
+            twin = learned._twin_scores(m, s, runs[t], gaps[t], before[t], stats)
+            assert native is not None and native.dtype == twin.dtype == torch.float64
+            assert torch.equal(native, twin)
+    # runs longer than T (a state carried past the last step) read C's log, not the table
+    long = runs[5] + test.T
+    stats = [stat[name][5] for name in m.stat_names]
+    native = _native.learned_scores(long, gaps[5], before[5], stats, 6.0, m.native)
+    assert torch.allclose(native, learned._twin_scores(m, 6.0, long, gaps[5], before[5], stats), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_the_fused_on_line_step_equals_the_state_scan_and_scores(dtype, per_row):
+    cal, test = drifting_trace(10, 300, 6, 9, ties=True), drifting_trace(10, 53, 6, 10, ties=True)
+    p = LearnedExit(0.05).fit(cal)
+    fused_state, plain_state = p.initial_state(test.N), p.initial_state(test.N)
+    starts = torch.arange(test.N) % 3 if per_row else torch.zeros(test.N, dtype=torch.long)
+    for t in range(test.T - 3):
+        steps = starts + t
+        out = test.outputs[steps, torch.arange(test.N)].unsqueeze(0).to(dtype)
+        t0 = steps if per_row else t
+        fused = p._fused_step(t0, out, fused_state)
+        states = p._state_scan(plain_state, out)
+        plain_state.copy_(states[-1])
+        plain = p._scores(out, t0, states)
+        if dtype == torch.float16 or not _native.available():  # the kernel takes float32 / float64 only
+            assert fused is None
+            fused_state.copy_(plain_state)
+            continue
+        assert torch.equal(fused_state, plain_state)
+        assert torch.equal(fused, plain)
+        # and the same as scoring in torch alone
+        p._raw_model = (p.coef_, _plan_without_kernel(p))
+        assert torch.equal(p._scores(out, t0, states), plain)
+        del p._raw_model

@@ -32,7 +32,7 @@ def describe() -> dict:
         "cuda_available": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "cpu_threads": torch.get_num_threads(),
-        "native_top2_kernel": _native.available(),
+        "native_kernels": _native.available(),
         "backends": {},
     }
     for name in backends.names():

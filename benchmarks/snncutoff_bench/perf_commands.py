@@ -146,8 +146,9 @@ def core_speed(T: int, N: int, C: int, repeats: int, decision_batch: int, decisi
     for name, e in d["decisions"].items():
         click.echo(f"| {name} | {e['us_per_decision']:.1f} | {e['over_topk']:.2f}x |")
     if not d["native_kernel"]:
-        click.echo("(the optional C top-2 kernel is not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
-                   "about 3x slower on new traces; reinstall with a C compiler present)")
+        click.echo("(the optional C kernels are not in use (not built, or SNNCUTOFF_NATIVE=0): pure-torch gaps, "
+                   "about 3x slower on new traces, and LearnedExit decisions about 1.5x slower; reinstall with a C "
+                   "compiler present)")
 
 
 @main.command()

@@ -1,10 +1,16 @@
 """Optional compiled kernels (plain C, loaded with :mod:`ctypes`).
 
-``pip install`` compiles ``top2.c`` when a C compiler is present (an optional
-extension: without one the install still succeeds). Every kernel has a pure-torch
-twin in :mod:`snncutoff.stats` giving the same values, which is used when
-the library was not built, for tensors that are not contiguous CPU float32 / float64,
-for small inputs, or when the environment sets ``SNNCUTOFF_NATIVE=0``.
+``pip install`` compiles ``top2.c`` and ``learned.c`` when a C compiler is present (an
+optional extension: without one the install still succeeds). Every kernel has a
+pure-torch twin, which is used when the library was not built, for tensors it does not
+take (not on the CPU, another dtype, not contiguous; ``top2_gap``: small inputs), or when
+the environment sets ``SNNCUTOFF_NATIVE=0``:
+
+- :func:`top2_gap`: :func:`snncutoff.stats.top2_gap`, the same values bit for bit;
+- :func:`run_state`: ``RunState._state_scan`` of one step (exact: integers and copies);
+- :func:`learned_scores` / :func:`learned_step`: ``LearnedExit``'s float64 score (of a
+  trace's step, or of an on-line step with its run state), the same bits as its torch
+  twin in :mod:`snncutoff.cutoff.learned`.
 """
 
 from __future__ import annotations
@@ -38,10 +44,34 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+class LearnedModel(ctypes.Structure):
+    """``struct learned_model`` of ``learned.c``: a fitted ``LearnedExit`` on raw features.
+
+    Holds pointers into the tensors it is made from (kept alive here)."""
+
+    _fields_ = [("codes", ctypes.c_void_p), ("a", ctypes.c_void_p), ("F", ctypes.c_int64), ("T", ctypes.c_double),
+                ("a_progress", ctypes.c_double), ("c", ctypes.c_double), ("has_progress", ctypes.c_int),
+                ("log_table", ctypes.c_void_p), ("log_size", ctypes.c_int64)]
+
+    def __init__(self, codes: Tensor, weights: Tensor, T: int, a_progress: float | None, c: float,
+                 log_table: Tensor) -> None:
+        super().__init__(codes.data_ptr(), weights.data_ptr(), codes.shape[0], float(T),
+                         0.0 if a_progress is None else a_progress, c, a_progress is not None,
+                         log_table.data_ptr(), log_table.shape[0])
+        self.tensors = (codes, weights, log_table)
+
+
+def learned_model(codes: Tensor, weights: Tensor, T: int, a_progress: float | None, c: float,
+                  log_table: Tensor) -> LearnedModel | None:
+    """The model for :func:`learned_scores` / :func:`learned_step` (int64 ``codes``, float64
+    ``weights`` and ``log_table``, contiguous on the CPU), or None without the kernels."""
+    return None if _LIB is None else LearnedModel(codes, weights, T, a_progress, c, log_table)
+
+
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("SNNCUTOFF_NATIVE", "1") == "0":
         return None
-    spec = importlib.util.find_spec(f"{__name__}._top2")
+    spec = importlib.util.find_spec(f"{__name__}._kernels")
     if spec is None or not spec.origin:
         return None
     try:
@@ -55,6 +85,13 @@ def _load() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, i64, i64, ptr, ptr]
         fn.restype = None
+    lib.snncutoff_run_state.argtypes = [i64, ptr, ptr, ctypes.c_int, ptr]
+    lib.snncutoff_run_state.restype = None
+    step_args = [i64, ptr, ptr, ptr, i64, ptr, ctypes.c_int, ctypes.c_double, ptr, ctypes.POINTER(LearnedModel), ptr]
+    lib.snncutoff_learned_scores.argtypes = step_args
+    lib.snncutoff_learned_step.argtypes = [i64, ptr, ptr, ctypes.c_int, ptr] + step_args[5:]
+    for name in ("snncutoff_learned_scores", "snncutoff_learned_step"):
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -99,3 +136,66 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor] | None:
     else:
         list(_workers(parts).map(lambda a: fn(*a), args))
     return gap.reshape(outputs.shape[:-1]), idx.reshape(outputs.shape[:-1])
+
+
+def run_state(argmax: Tensor, gap: Tensor, state: Tensor) -> bool:
+    """Updates the run state ``[n, 4]`` float64 in place after one step (``argmax``,
+    ``gap`` ``[n]``; see ``RunState``); False where the kernel does not apply."""
+    if (_LIB is None or gap.dtype not in (torch.float32, torch.float64) or argmax.dtype != torch.long
+            or state.dtype != torch.float64 or state.device.type != "cpu"
+            or not (argmax.is_contiguous() and gap.is_contiguous() and state.is_contiguous())):
+        return False
+    _LIB.snncutoff_run_state(gap.shape[0], argmax.data_ptr(), gap.data_ptr(), int(gap.dtype == torch.float32),
+                             state.data_ptr())
+    return True
+
+
+def _stats(stats: list[Tensor]) -> tuple[ctypes.Array, bool] | None:
+    """The statistics' pointer table and whether they are float32 (all float32 or all
+    float64, contiguous), or None."""
+    if not stats:
+        return _NO_STATS, False
+    dtype = stats[0].dtype
+    if dtype not in (torch.float32, torch.float64) or not all(t.dtype == dtype and t.is_contiguous() for t in stats):
+        return None
+    return (ctypes.c_void_p * len(stats))(*[t.data_ptr() for t in stats]), dtype == torch.float32
+
+
+_NO_STATS = (ctypes.c_void_p * 1)(None)
+
+
+def learned_scores(runs: Tensor, gaps: Tensor, before: Tensor, stats: list[Tensor], s: float | Tensor,
+                   model: LearnedModel) -> Tensor | None:
+    """``[n]`` float64 scores of ``LearnedExit`` (see ``learned.c``), or None where the kernel does not apply.
+
+    ``runs``, ``gaps``, ``before``: float64 ``[n]`` with one stride (rows of a trace's
+    history); ``stats``: ``[n]`` each; ``s``: the 1-based step, one number or a float64
+    contiguous ``[n]``; ``model``: :func:`learned_model`.
+    """
+    table = _stats(stats)
+    if (table is None or runs.device.type != "cpu" or not runs.stride(0) == gaps.stride(0) == before.stride(0)
+            or not runs.dtype == gaps.dtype == before.dtype == torch.float64):
+        return None
+    per_row = isinstance(s, Tensor)
+    out = torch.empty(runs.shape[0], dtype=torch.float64)
+    _LIB.snncutoff_learned_scores(runs.shape[0], runs.data_ptr(), gaps.data_ptr(), before.data_ptr(), runs.stride(0),
+                                  table[0], table[1], 0.0 if per_row else s, s.data_ptr() if per_row else None,
+                                  model, out.data_ptr())
+    return out
+
+
+def learned_step(argmax: Tensor, gap: Tensor, state: Tensor, stats: list[Tensor], s: float | Tensor,
+                 model: LearnedModel) -> Tensor | None:
+    """One on-line step in one call: :func:`run_state`, then :func:`learned_scores` of the
+    updated state; None (state untouched) where the kernel does not apply. ``argmax`` and
+    ``gap`` come from :func:`snncutoff.stats.top2_gap` (int64, contiguous)."""
+    table = _stats(stats)
+    if (table is None or state.device.type != "cpu" or state.dtype != torch.float64 or not state.is_contiguous()
+            or gap.dtype not in (torch.float32, torch.float64)):
+        return None
+    per_row = isinstance(s, Tensor)
+    out = torch.empty(gap.shape[0], dtype=torch.float64)
+    _LIB.snncutoff_learned_step(gap.shape[0], argmax.data_ptr(), gap.data_ptr(), gap.dtype == torch.float32,
+                                state.data_ptr(), table[0], table[1], 0.0 if per_row else s,
+                                s.data_ptr() if per_row else None, model, out.data_ptr())
+    return out

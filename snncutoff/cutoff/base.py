@@ -99,8 +99,15 @@ class CutoffPolicy:
         """``[n, S]`` float64 state of samples that have taken no step yet."""
         raise NotImplementedError
 
+    def _fused_step(self, t0: int | Tensor, outputs: Tensor, state: Tensor) -> Tensor | None:
+        """Optional fast path of a stateful rule for one step (``outputs`` ``[1, N, C]``): updates
+        ``state`` in place and returns the scores ``[1, N]`` that :meth:`_state_scan` then
+        :meth:`_scores` would give, bit for bit; None (state untouched) where it does not apply."""
+        return None
+
     def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
-        """``[k, N, S]`` states after each of the k steps of ``outputs`` ``[k, N, C]``, from ``state``."""
+        """``[k, N, S]`` states after each of the k steps of ``outputs`` ``[k, N, C]``, from ``state``
+        (which may be updated in place to the last of them)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared
@@ -259,19 +266,22 @@ class CutoffPolicy:
         thresholds = self._current_thresholds(self.T_ if fitted else None)
         if not fitted:  # a rule that learns nothing: one threshold for every step
             lo = hi = 0
-        states = None
-        if self.state_size:
-            states = self._state_scan(state, outputs)
-            state.copy_(states[-1])
         silent = self._silent(thresholds, outputs.dtype)
+        quiet = silent is not None and all(silent[lo : hi + 1])  # no score can pass: nothing to compute
+        states = scores = None
+        if self.state_size:
+            scores = None if quiet or k > 1 else self._fused_step(t0, outputs, state)
+            if scores is None:
+                states = self._state_scan(state, outputs)
+                state.copy_(states[-1])
         steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
-        if silent is not None and all(silent[lo : hi + 1]):  # no score can pass: nothing to compute
+        if quiet:
             decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
         else:
             thresholds = thresholds.to(outputs.device)
             if fitted:
                 thresholds = thresholds[steps] if per_row else thresholds[t0 : t0 + k].view(-1, 1)
-            decision = self._passes(self._scores(outputs, t0, states), thresholds)
+            decision = self._passes(self._scores(outputs, t0, states) if scores is None else scores, thresholds)
         if fitted:  # the forced exit at the last step
             if per_row:
                 return decision | (steps == self.T_ - 1)

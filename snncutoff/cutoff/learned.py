@@ -36,12 +36,15 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy
+from .. import _native
+from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy, top2_gap
 from ..trace import Trace
 from ..validation import check_positive_int, check_unit_interval
 from .base import CutoffPolicy
@@ -54,6 +57,10 @@ _MODELS: weakref.WeakKeyDictionary[Trace, dict] = weakref.WeakKeyDictionary()
 #: every feature the model can use
 FEATURES = ("gap_per_step", "max_softmax", "max_softmax_of_mean", "entropy", "log_run", "run_share", "progress",
             "gap_growth")
+#: the features read from the cumulative outputs' statistics (the others from the run state)
+_STATISTICS = ("max_softmax", "max_softmax_of_mean", "entropy")
+#: the C kernel's codes of the run-state features (``learned.c``)
+_CODES = {"gap_per_step": 0, "log_run": 1, "run_share": 2, "gap_growth": 3}
 #: the features used by default (chosen by measurement: see the module docstring)
 DEFAULT_FEATURES = ("gap_per_step", "max_softmax_of_mean", "log_run", "run_share", "progress", "gap_growth")
 
@@ -83,8 +90,49 @@ def features(names: Sequence[str], steps: Tensor | int, runs: Tensor, gaps: Tens
         elif name == "progress":
             out.append(torch.zeros_like(gaps) + s / T)
         else:
-            out.append(outputs_stat("entropy" if name == "entropy" else name).double())
+            out.append(outputs_stat(name).double())
     return out
+
+
+def _output_stat(outputs: Tensor, s: int | Tensor, name: str) -> Tensor:
+    """The statistic ``name`` of cumulative outputs ``[n, C]`` at their 1-based step ``s``."""
+    if name == "max_softmax_of_mean":
+        return max_softmax_of_mean(outputs, s)
+    return max_softmax(outputs) if name == "max_softmax" else normalized_entropy(outputs)
+
+
+class _RawModel(NamedTuple):
+    """A fitted model on raw features: ``z = sum_i a_i f_i + (s / T * a_progress + c)``."""
+
+    names: tuple[str, ...]  # the features but the progress, in order
+    weights: tuple[float, ...]  # their a_i
+    a_progress: float | None
+    c: float
+    T: float
+    stat_names: tuple[str, ...]  # the statistics of the outputs they read, in order
+    log_table: Tensor  # [T + 1] float64: torch's log r for the run lengths r = 0 .. T (for the kernel)
+    native: _native.LearnedModel | None  # the same for the C kernel (None without it)
+
+
+def _twin_scores(m: _RawModel, s: float | Tensor, runs: Tensor, gaps: Tensor, before: Tensor,
+                 stats: list[Tensor]) -> Tensor:
+    """``LearnedExit``'s scores in torch, one elementwise float64 operation at a time in the
+    kernel's order (``learned.c``): the same bits as the C kernel, on any device."""
+    z = None
+    for name, a in zip(m.names, m.weights):
+        if name == "gap_per_step":
+            x = gaps / s
+        elif name == "log_run":
+            x = runs.log()  # the kernel reads the same values from m.log_table
+        elif name == "run_share":
+            x = runs / s
+        elif name == "gap_growth":
+            x = gaps - before
+        else:
+            x = stats[m.stat_names.index(name)].double()
+        z = x * a if z is None else z + x * a
+    shift = m.c if m.a_progress is None else s / m.T * m.a_progress + m.c
+    return torch.zeros_like(gaps) + shift if z is None else z + shift
 
 
 class LearnedExit(RunState, CutoffPolicy):
@@ -160,21 +208,33 @@ class LearnedExit(RunState, CutoffPolicy):
                      outputs_stat: Callable[[str], Tensor]) -> Tensor:
         """``[n]`` scores of n samples at their 1-based step ``s`` (an int, or ``[n]``), from their run state.
 
-        Every feature but the progress is stacked into ``X`` ``[n, F']`` and weighted in one
-        row-wise reduction; the progress term joins the constant: :math:`z = \\sum_i a_i X_i +
-        (c + a_p\\, s / T)`. Row by row the same arithmetic whatever n and whatever the other
-        rows (a trace is scored step by step with the same function).
+        :math:`z = ((a_1 f_1 + a_2 f_2) + \\dots) + (s / T\\, a_p + c)` over the features but the
+        progress, whose term joins the constant: one float64 operation at a time in this
+        order, so row by row the same bits whatever n and whatever the other rows. In C
+        where the kernel applies (:func:`snncutoff._native.learned_scores`: one call for the
+        step), else the same operations in torch (:func:`_twin_scores`): the same bits.
         """
-        names, weights, a_progress, c = self._plan()
+        m = self._plan()
         s = s.to(torch.float64) if isinstance(s, Tensor) else float(s)
-        shift = c if a_progress is None else s / self.T_ * a_progress + c
-        if not names:  # the progress alone: one score for every row
-            return torch.zeros_like(gaps) + shift
-        X = torch.stack(features(names, s, runs, gaps, before, outputs_stat, self.T_), dim=-1)
-        return (X * weights).sum(dim=-1) + shift
+        stats = [outputs_stat(name) for name in m.stat_names]
+        native = None if m.native is None else _native.learned_scores(runs, gaps, before, stats, s, m.native)
+        return _twin_scores(m, s, runs, gaps, before, stats) if native is None else native
 
-    def _plan(self) -> tuple[tuple[str, ...], Tensor, float | None, float]:
-        """``(row features, their a [F'], a of the progress or None, c)``: the model on raw features."""
+    def _fused_step(self, t0: int | Tensor, outputs: Tensor, state: Tensor) -> Tensor | None:
+        """One on-line step of a batch on the CPU in one C call (the run state and the scores,
+        :func:`snncutoff._native.learned_step`) after the top-2 gap and the statistics."""
+        m = self._plan()
+        if m.native is None or outputs.device.type != "cpu":
+            return None
+        o = outputs[0]
+        gap, argmax = top2_gap(o)
+        s = (t0 + 1).double() if isinstance(t0, Tensor) else t0 + 1
+        scores = _native.learned_step(argmax, gap, state, [_output_stat(o, s, n) for n in m.stat_names],
+                                      float(s) if isinstance(s, int) else s, m.native)
+        return None if scores is None else scores.unsqueeze(0)
+
+    def _plan(self) -> _RawModel:
+        """The fitted model on raw features (cached until the next fit)."""
         plan = self.__dict__.get("_raw_model")
         if plan is not None and plan[0] is self.coef_:
             return plan[1]
@@ -183,8 +243,13 @@ class LearnedExit(RunState, CutoffPolicy):
         w, mu, sigma = self.coef_.tolist(), self.feature_mean_.tolist(), self.feature_scale_.tolist()
         a = {f: wi / si for f, wi, si in zip(self.features, w, sigma)}
         names = tuple(f for f in self.features if f != "progress")
-        plan = (names, torch.tensor([a[f] for f in names], dtype=torch.float64), a.get("progress"),
-                self.intercept_ - sum(wi * m / si for wi, m, si in zip(w, mu, sigma)))
+        stat_names = tuple(f for f in names if f in _STATISTICS)
+        codes = torch.tensor([_CODES[f] if f in _CODES else 4 + stat_names.index(f) for f in names], dtype=torch.long)
+        weights = torch.tensor([a[f] for f in names], dtype=torch.float64)
+        a_progress, c = a.get("progress"), self.intercept_ - sum(wi * m / si for wi, m, si in zip(w, mu, sigma))
+        log_table = torch.arange(self.T_ + 1, dtype=torch.float64).log()
+        plan = _RawModel(names, tuple(weights.tolist()), a_progress, c, float(self.T_), stat_names, log_table,
+                         _native.learned_model(codes, weights, self.T_, a_progress, c, log_table))
         self._raw_model = (self.coef_, plan)
         return plan
 
@@ -200,15 +265,9 @@ class LearnedExit(RunState, CutoffPolicy):
         rows = []
         for j in range(outputs.shape[0]):
             s = t0 + (j + 1) if isinstance(t0, Tensor) else int(t0) + j + 1
-            o = outputs[j]
-
-            def stat(name: str, o: Tensor = o, s: int | Tensor = s) -> Tensor:
-                if name == "max_softmax_of_mean":
-                    return max_softmax_of_mean(o, s)
-                return max_softmax(o) if name == "max_softmax" else normalized_entropy(o)
-
             state = states[j]
-            rows.append(self._step_scores(s, state[:, 1], state[:, 2], state[:, 3], stat))
+            rows.append(self._step_scores(s, state[:, 1], state[:, 2], state[:, 3],
+                                          partial(_output_stat, outputs[j], s)))
         return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
     def _trace_scores(self, trace: Trace) -> Tensor:

@@ -288,6 +288,9 @@ class RiskControl(CutoffPolicy):
     def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
         return self.policy._state_scan(state, outputs)
 
+    def _fused_step(self, t0: int | Tensor, outputs: Tensor, state: Tensor) -> Tensor | None:
+        return self._rule()._fused_step(t0, outputs, state)
+
     def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int | None) -> Tensor:
         """``[E, T]`` certified thresholds for E values of ``max_loss`` (one test of the sequence serves all)."""
         _, thresholds, counts, n = self._test_losses(calibration, None)

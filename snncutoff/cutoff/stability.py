@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import _native
 from ..stats import top2_gap
 from ..trace import Trace
 from ..validation import check_positive_int
@@ -37,6 +38,8 @@ class RunState:
 
     def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
         gap, argmax = top2_gap(outputs)
+        if gap.shape[0] == 1 and _native.run_state(argmax[0], gap[0], state):  # one step, in place, in C
+            return state.unsqueeze(0)
         if gap.shape[0] == 1:  # one step (the common on-line decision): a few whole-row operations
             cur = argmax[0].double()  # exact in float64, as are the run lengths
             run = torch.where(cur == state[:, 0], state[:, 1] + 1.0, 1.0)
