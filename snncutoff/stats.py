@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor
 
+from . import _native
+
 _CHUNK_ROWS = 8192  # rows of [*, C] processed at once: keeps temporaries in cache
 _BUFFER_ROWS = 32768  # rows of the reused buffer of top2_gap
 
@@ -66,8 +68,9 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
     equal ``torch.topk(O, 2)`` differences bit for bit, at about a third of the cost: one
     max-with-index pass, then, on a reused cache-sized buffer, the maximum with the top
     entry masked out (no full-size temporary is allocated).
-    Policies reading a whole (validated, finite) trace use the one-pass C kernel of
-    :mod:`snncutoff._native` instead where it was built: the same values.
+    Policies reading a validated (finite) trace or a checked on-line step use the one-pass
+    C kernel of :mod:`snncutoff._native` instead where it was built
+    (:func:`top2_gap_of_finite`): the same values.
 
     Args:
         outputs: ``[..., C]`` with ``C >= 2``.
@@ -90,6 +93,13 @@ def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor]:
         torch.sub(top1, rest.amax(dim=-1), out=gap[start : start + n])
         idx[start : start + n] = i
     return gap.reshape(outputs.shape[:-1]), idx.reshape(outputs.shape[:-1])
+
+
+def top2_gap_of_finite(outputs: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`top2_gap` of outputs known to be finite (a validated trace, a checked on-line
+    step): the C kernel of :mod:`snncutoff._native` where it applies, the same values."""
+    native = _native.top2_gap(outputs)
+    return native if native is not None else top2_gap(outputs)
 
 
 def max_softmax(outputs: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _native, stats
+from . import stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
 from .validation import check_device, check_labels, check_meta, check_ops, check_outputs, check_path, json_ready
 
@@ -192,8 +192,7 @@ class Trace:
         validated finite); the argmax it finds on the way is kept as :meth:`predictions`."""
 
         def compute() -> tuple[Tensor, Tensor]:
-            native = _native.top2_gap(self.outputs)
-            return native if native is not None else stats.top2_gap(self.outputs)
+            return stats.top2_gap_of_finite(self.outputs)
 
         if self.C < 2:
             raise ValueError(f"the top-1 / top-2 gap needs C >= 2 classes, got C = {self.C}")

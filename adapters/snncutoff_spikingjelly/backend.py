@@ -139,7 +139,11 @@ class SpikingJellyBackend(Backend):
         memory that resets to None is one SpikingJelly creates as zeros on first use)."""
         for name, value in self._row_memories(module):
             idx = rows.to(value.device)
-            value.index_copy_(0, idx, _fresh_rows(module, name, value, idx.numel()))
+            init = module._memories_rv[name]
+            if init is None or (isinstance(init, (int, float)) and not isinstance(init, bool)):  # one value
+                value.index_fill_(0, idx, 0.0 if init is None else float(init))
+            else:
+                value.index_copy_(0, idx, _fresh_rows(module, name, value, idx.numel()))
 
     @staticmethod
     def _row_memories(module: nn.Module) -> list[tuple[str, Tensor]]:

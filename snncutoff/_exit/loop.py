@@ -97,15 +97,17 @@ class Pool:
     def n(self) -> int:
         return 0 if self.ids is None else self.ids.shape[0]
 
-    def _fresh(self, payload: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _fresh(self, payload: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Ids and initial policy state of new samples."""
         m, device = payload.shape[0], payload.device
         ids = torch.arange(self.admitted, self.admitted + m, device=device)
         self.admitted += m
-        return ids, torch.zeros(m, dtype=torch.long, device=device), self.policy.initial_state(m, device)
+        return ids, self.policy.initial_state(m, device)
 
     def add(self, payload: Tensor) -> None:
         """Append new samples after the running ones (they start at step 0)."""
-        ids, t, state = self._fresh(payload)
+        ids, state = self._fresh(payload)
+        t = torch.zeros(payload.shape[0], dtype=torch.long, device=payload.device)
         if self.ids is None:
             self.payload, self.ids, self.t, self.state = payload, ids, t, state
             return
@@ -117,16 +119,19 @@ class Pool:
         self.spent = None if self.spent is None else _grow(self.spent, n)
 
     def refill(self, slots: Tensor, payload: Tensor) -> None:
-        """New samples take over rows ``slots`` (of exited ones), from step 0."""
-        ids, _, state = self._fresh(payload)
+        """New samples take over rows ``slots`` (of exited ones), from step 0. In place: the
+        loop's own tensors (what it yields are copies; the payload, maybe a view of the
+        caller's batch, is copied here)."""
+        ids, state = self._fresh(payload)
         self.payload = self.payload.index_copy(0, slots.to(self.payload.device), payload.to(self.payload.dtype))
         sd = slots.to(self.ids.device)
-        self.ids, self.t = self.ids.index_copy(0, sd, ids.to(self.ids.device)), self.t.index_fill(0, sd, 0)
-        self.cum = self.cum.index_fill(0, slots.to(self.cum.device), 0.0)
+        self.ids.index_copy_(0, sd, ids.to(self.ids.device))
+        self.t.index_fill_(0, sd, 0)
+        self.cum.index_fill_(0, slots.to(self.cum.device), 0.0)
         if self.spent is not None:
-            self.spent = self.spent.index_fill(0, slots.to(self.spent.device), 0.0)
+            self.spent.index_fill_(0, slots.to(self.spent.device), 0.0)
         if self.state is not None:
-            self.state = self.state.index_copy(0, slots.to(self.state.device), state.to(self.state))
+            self.state.index_copy_(0, slots.to(self.state.device), state.to(self.state))
 
     def keep(self, rows: Tensor) -> None:
         """Keep only rows ``rows`` (the others have left)."""
@@ -139,7 +144,8 @@ class Pool:
 
     def span(self) -> tuple[int, int]:
         """The earliest and the latest step count among the running samples."""
-        return int(self.t.min()), int(self.t.max())
+        lo, hi = torch.aminmax(self.t)
+        return int(lo), int(hi)
 
 
 class Session:
@@ -260,8 +266,11 @@ def _decide(policy: CutoffPolicy, pool: Pool, out: Tensor, k: int, T: int, t_fir
         if t_first + k == T:
             done[-1] = True  # the forced exit (also for rules that need no fit)
         return done
+    done = policy.exit_block(pool.t, out, pool.state)
+    if policy._is_fitted():  # exit_block forced the exit at T_ - 1 = T - 1 itself
+        return done
     steps = pool.t.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
-    return policy.exit_block(pool.t, out, pool.state) | (steps == T - 1)
+    return done | (steps == T - 1)
 
 
 @torch.no_grad()
@@ -296,10 +305,12 @@ def exits(backend, net, feed: Feed, policy: CutoffPolicy, T: int, readout, count
             exited = done[0] if k == 1 else done.any(0)
             if not bool(exited.any()):
                 continue
-            first = done.to(torch.uint8).argmax(0)  # [n]: the block step of each exit
             rows = exited.nonzero().flatten()
-            at = first[rows]
-            exit_step = pool.t[rows.to(pool.t.device)] - k + at.to(pool.t.device) + 1
+            if k == 1:  # every exit at the step just run (pool.t counts it)
+                exit_step, at = pool.t[rows.to(pool.t.device)], 0
+            else:
+                at = done.to(torch.uint8).argmax(0)[rows]  # the block step of each exit
+                exit_step = pool.t[rows.to(pool.t.device)] - k + at.to(pool.t.device) + 1
             yield (exit_step, pool.ids[rows.to(pool.ids.device)], out[at, rows].argmax(-1),
                    spent_k[at, rows] if spent_k is not None else None)
             new = feed.take(rows.numel()) if feed.pending else None

@@ -3,7 +3,7 @@
 ``pip install`` compiles ``top2.c`` and ``learned.c`` when a C compiler is present (an
 optional extension: without one the install still succeeds). Every kernel has a
 pure-torch twin, which is used when the library was not built, for tensors it does not
-take (not on the CPU, another dtype, not contiguous; ``top2_gap``: small inputs), or when
+take (not on the CPU, another dtype, not contiguous), or when
 the environment sets ``SNNCUTOFF_NATIVE=0``:
 
 - :func:`top2_gap`: :func:`snncutoff.stats.top2_gap`, the same values bit for bit;
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-_MIN_ROWS = 1 << 15  # below this, thread start-up costs more than the kernel saves
+_MIN_ROWS = 1 << 15  # rows per thread at least: below this, thread start-up costs more than it saves
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (size, pool), made on first use
 
 
@@ -116,16 +116,15 @@ def force_level(level: int) -> None:
 def top2_gap(outputs: Tensor) -> tuple[Tensor, Tensor] | None:
     """``(gap, argmax)`` of the last dimension, or None where the kernel does not apply.
 
-    Same values as :func:`snncutoff.stats.top2_gap`; one read of the data,
-    rows split over ``torch.get_num_threads()`` threads. Outputs must be finite.
+    Same values as :func:`snncutoff.stats.top2_gap`; one read of the data, rows split
+    over up to ``torch.get_num_threads()`` threads of at least ``_MIN_ROWS`` rows each (one
+    call on the caller's thread for an on-line step). Outputs must be finite.
     """
     fn = _TOP2.get(outputs.dtype)
     C = outputs.shape[-1] if outputs.dim() else 0
     if fn is None or outputs.device.type != "cpu" or not outputs.is_contiguous() or C < 2:
         return None
     M = outputs.numel() // C
-    if M < _MIN_ROWS:
-        return None
     gap = torch.empty(M, dtype=outputs.dtype)
     idx = torch.empty(M, dtype=torch.long)
     parts = max(1, min(torch.get_num_threads(), M // _MIN_ROWS))

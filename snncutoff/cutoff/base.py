@@ -11,8 +11,9 @@ A subclass says what its score is and how its thresholds are set, nothing else:
 
 - ``param``: the hyper-parameter a sweep (and :class:`~snncutoff.RiskControl`) varies;
 - ``_scores(outputs, t0, states)``: ``[k, N, C]`` cumulative outputs of steps ``t0 ..`` ->
-  ``[k, N]`` scores (``_trace_scores(trace)``: the same for a whole trace, from its cached
-  statistics);
+  ``[k, N]`` scores, finite for finite outputs (on line the forced exit at the last step is
+  a threshold of ``-inf``) (``_trace_scores(trace)``: the same for a whole trace, from its
+  cached statistics);
 - ``_thresholds(calibration, values, T)``: ``[E, T]`` thresholds for E values of ``param``
   (the calibration trace is None for rules that learn nothing);
 - ``risk_grid(T)``: values of ``param`` from the most conservative to the most aggressive.
@@ -252,7 +253,8 @@ class CutoffPolicy:
             t0 = t0.to(device=outputs.device, dtype=torch.long)
             if t0.shape != (n,):
                 raise ValueError(f"t must be an int or a [N] = [{n}] tensor, got {tuple(t0.shape)}")
-            lo, hi = (int(t0.min()), int(t0.max()) + k - 1) if n else (0, 0)
+            first, last = torch.aminmax(t0) if n else (0, 0)
+            lo, hi = int(first), int(last) + k - 1 if n else 0
         else:
             t0 = check_int("t", t0)
             lo, hi = t0, t0 + k - 1
@@ -275,19 +277,30 @@ class CutoffPolicy:
                 states = self._state_scan(state, outputs)
                 state.copy_(states[-1])
         steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
-        if quiet:
-            decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
-        else:
-            thresholds = thresholds.to(outputs.device)
+        if not quiet:
+            scores = self._scores(outputs, t0, states) if scores is None else scores
+            thresholds = self._step_thresholds(thresholds, scores.dtype, scores.device, fitted)
             if fitted:
                 thresholds = thresholds[steps] if per_row else thresholds[t0 : t0 + k].view(-1, 1)
-            decision = self._passes(self._scores(outputs, t0, states) if scores is None else scores, thresholds)
-        if fitted:  # the forced exit at the last step
-            if per_row:
-                return decision | (steps == self.T_ - 1)
-            if t0 + k == self.T_:
-                decision[-1] = True
+            return scores > thresholds if self.strict else scores >= thresholds
+        if fitted and per_row:  # the forced exit at the last step
+            return steps == self.T_ - 1
+        decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
+        if fitted and t0 + k == self.T_:
+            decision[-1] = True
         return decision
+
+    def _step_thresholds(self, thresholds: Tensor, dtype: torch.dtype, device: torch.device, fitted: bool) -> Tensor:
+        """``thresholds`` as on-line decisions compare them: in the scores' ``dtype`` (as
+        :meth:`_passes`) on their device, with ``-inf`` at a fitted rule's last step (the
+        forced exit: every finite score passes). Cached for the thresholds tensor."""
+        cached = self.__dict__.get("_step_cache")
+        if cached is None or cached[0] is not thresholds or cached[1:4] != (dtype, device, fitted):
+            t = thresholds.to(device=device, dtype=dtype, copy=True)
+            if fitted:
+                t[-1] = -math.inf
+            cached = self._step_cache = (thresholds, dtype, device, fitted, t)
+        return cached[4]
 
     @torch.no_grad()
     def exit_now(self, t: int | Tensor, outputs_t: Tensor, state: Tensor | None = None) -> Tensor:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy, top2_gap
+from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy, top2_gap_of_finite
 from ..trace import Trace
 from ..validation import check_positive_int, check_unit_interval
 from .base import CutoffPolicy
@@ -227,7 +227,7 @@ class LearnedExit(RunState, CutoffPolicy):
         if m.native is None or outputs.device.type != "cpu":
             return None
         o = outputs[0]
-        gap, argmax = top2_gap(o)
+        gap, argmax = top2_gap_of_finite(o)
         s = (t0 + 1).double() if isinstance(t0, Tensor) else t0 + 1
         scores = _native.learned_step(argmax, gap, state, [_output_stat(o, s, n) for n in m.stat_names],
                                       float(s) if isinstance(s, int) else s, m.native)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ..stats import top2_gap
+from ..stats import top2_gap_of_finite
 from ..trace import Trace
 from ..validation import check_positive_int
 from .base import CutoffPolicy
@@ -37,7 +37,7 @@ class RunState:
         return state
 
     def _state_scan(self, state: Tensor, outputs: Tensor) -> Tensor:
-        gap, argmax = top2_gap(outputs)
+        gap, argmax = top2_gap_of_finite(outputs)
         if gap.shape[0] == 1 and _native.run_state(argmax[0], gap[0], state):  # one step, in place, in C
             return state.unsqueeze(0)
         if gap.shape[0] == 1:  # one step (the common on-line decision): a few whole-row operations

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..stats import stable_correct, top2_gap
+from ..stats import stable_correct, top2_gap_of_finite
 from ..trace import Trace
 from ..validation import check_choice, check_positive_int, check_unit_interval
 from .base import CutoffPolicy, fitted_view
@@ -67,7 +67,7 @@ class TopKGap(CutoffPolicy):
         self.bins = check_positive_int("bins", bins)
 
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
-        return top2_gap(outputs)[0]
+        return top2_gap_of_finite(outputs)[0]
 
     def _trace_scores(self, trace: Trace) -> Tensor:
         return trace.gaps()
