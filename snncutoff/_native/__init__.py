@@ -89,9 +89,9 @@ def _load() -> ctypes.CDLL | None:
     lib.snncutoff_run_state.restype = None
     step_args = [i64, ptr, ptr, ptr, i64, ptr, ctypes.c_int, ctypes.c_double, ptr, ctypes.POINTER(LearnedModel), ptr]
     lib.snncutoff_learned_scores.argtypes = step_args
-    lib.snncutoff_learned_step.argtypes = [i64, ptr, ptr, ctypes.c_int, ptr] + step_args[5:]
-    for name in ("snncutoff_learned_scores", "snncutoff_learned_step"):
-        getattr(lib, name).restype = None
+    lib.snncutoff_learned_scores.restype = None
+    lib.snncutoff_learned_step.argtypes = [i64, ptr, i64, ctypes.c_int, ptr] + step_args[5:]
+    lib.snncutoff_learned_step.restype = ctypes.c_int
     return lib
 
 
@@ -155,12 +155,14 @@ def _stats(stats: list[Tensor]) -> tuple[ctypes.Array, bool] | None:
     if not stats:
         return _NO_STATS, False
     dtype = stats[0].dtype
-    if dtype not in (torch.float32, torch.float64) or not all(t.dtype == dtype and t.is_contiguous() for t in stats):
+    if dtype not in _FLOAT or any(t.dtype != dtype or not t.is_contiguous() for t in stats):
         return None
-    return (ctypes.c_void_p * len(stats))(*[t.data_ptr() for t in stats]), dtype == torch.float32
+    return _POINTERS[len(stats)](*[t.data_ptr() for t in stats]), dtype == torch.float32
 
 
+_FLOAT = (torch.float32, torch.float64)
 _NO_STATS = (ctypes.c_void_p * 1)(None)
+_POINTERS = [ctypes.c_void_p * k for k in range(9)]  # pointer table types by length (at most 8 features)
 
 
 def learned_scores(runs: Tensor, gaps: Tensor, before: Tensor, stats: list[Tensor], s: float | Tensor,
@@ -183,18 +185,20 @@ def learned_scores(runs: Tensor, gaps: Tensor, before: Tensor, stats: list[Tenso
     return out
 
 
-def learned_step(argmax: Tensor, gap: Tensor, state: Tensor, stats: list[Tensor], s: float | Tensor,
+def learned_step(outputs: Tensor, state: Tensor, stats: list[Tensor], s: float | Tensor,
                  model: LearnedModel) -> Tensor | None:
-    """One on-line step in one call: :func:`run_state`, then :func:`learned_scores` of the
-    updated state; None (state untouched) where the kernel does not apply. ``argmax`` and
-    ``gap`` come from :func:`snncutoff.stats.top2_gap` (int64, contiguous)."""
+    """One on-line step in one call: the top-2 gap and argmax of the cumulative outputs
+    ``[n, C]`` (finite), :func:`run_state`, then :func:`learned_scores` of the updated
+    state: scores ``[1, n]``; None (state untouched) where the kernel does not apply."""
     table = _stats(stats)
-    if (table is None or state.device.type != "cpu" or state.dtype != torch.float64 or not state.is_contiguous()
-            or gap.dtype not in (torch.float32, torch.float64)):
+    if (table is None or outputs.dtype not in _FLOAT or outputs.device.type != "cpu" or not outputs.is_contiguous()
+            or state.dtype != torch.float64 or state.device.type != "cpu" or not state.is_contiguous()):
         return None
     per_row = isinstance(s, Tensor)
-    out = torch.empty(gap.shape[0], dtype=torch.float64)
-    _LIB.snncutoff_learned_step(gap.shape[0], argmax.data_ptr(), gap.data_ptr(), gap.dtype == torch.float32,
-                                state.data_ptr(), table[0], table[1], 0.0 if per_row else s,
-                                s.data_ptr() if per_row else None, model, out.data_ptr())
+    n, C = outputs.shape
+    out = torch.empty(1, n, dtype=torch.float64)
+    if _LIB.snncutoff_learned_step(n, outputs.data_ptr(), C, outputs.dtype == torch.float32, state.data_ptr(),
+                                   table[0], table[1], 0.0 if per_row else s, s.data_ptr() if per_row else None,
+                                   model, out.data_ptr()):
+        raise MemoryError(f"no memory for the scratch rows of a LearnedExit step ({n} rows)")
     return out

@@ -21,6 +21,7 @@
  * the twin's elementwise torch operations bit for bit. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 struct learned_model {
   const int64_t *codes; /* [F] */
@@ -82,10 +83,30 @@ void snncutoff_run_state(int64_t n, const int64_t *argmax, const void *gap, int 
   }
 }
 
-/* One on-line step: the run state updated, then the rows' scores from it. */
-void snncutoff_learned_step(int64_t n, const int64_t *argmax, const void *gap, int gap32, double *state,
-                            const void *const *stats, int stats32, double s, const double *s_rows,
-                            const struct learned_model *m, double *out) {
-  snncutoff_run_state(n, argmax, gap, gap32, state);
+/* top2.c's row-wise gap and argmax (same library) */
+void snncutoff_top2_f32(const float *X, int64_t r0, int64_t r1, int64_t C, float *gap, int64_t *idx);
+void snncutoff_top2_f64(const double *X, int64_t r0, int64_t r1, int64_t C, double *gap, int64_t *idx);
+
+/* One on-line step from the cumulative outputs [n, C] (float32 when out32, else float64,
+ * finite): their top-2 gap and argmax, the run state updated, then the rows' scores from
+ * it. Returns 0, or 1 when scratch memory could not be had (nothing changed then). */
+int snncutoff_learned_step(int64_t n, const void *outputs, int64_t C, int out32, double *state,
+                           const void *const *stats, int stats32, double s, const double *s_rows,
+                           const struct learned_model *m, double *out) {
+  int64_t *idx = malloc((size_t)(n > 0 ? n : 1) * sizeof *idx);
+  void *gap = malloc((size_t)(n > 0 ? n : 1) * (out32 ? sizeof(float) : sizeof(double)));
+  if (!idx || !gap) {
+    free(idx);
+    free(gap);
+    return 1;
+  }
+  if (out32)
+    snncutoff_top2_f32((const float *)outputs, 0, n, C, (float *)gap, idx);
+  else
+    snncutoff_top2_f64((const double *)outputs, 0, n, C, (double *)gap, idx);
+  snncutoff_run_state(n, idx, gap, out32, state);
   snncutoff_learned_scores(n, state + 1, state + 2, state + 3, 4, stats, stats32, s, s_rows, m, out);
+  free(idx);
+  free(gap);
+  return 0;
 }

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy, top2_gap_of_finite
+from ..stats import max_softmax, max_softmax_of_mean, normalized_entropy
 from ..trace import Trace
 from ..validation import check_positive_int, check_unit_interval
 from .base import CutoffPolicy
@@ -221,17 +221,15 @@ class LearnedExit(RunState, CutoffPolicy):
         return _twin_scores(m, s, runs, gaps, before, stats) if native is None else native
 
     def _fused_step(self, t0: int | Tensor, outputs: Tensor, state: Tensor) -> Tensor | None:
-        """One on-line step of a batch on the CPU in one C call (the run state and the scores,
-        :func:`snncutoff._native.learned_step`) after the top-2 gap and the statistics."""
+        """One on-line step of a batch on the CPU: the statistics, then the top-2 gap, the run
+        state and the scores in one C call (:func:`snncutoff._native.learned_step`)."""
         m = self._plan()
         if m.native is None or outputs.device.type != "cpu":
             return None
         o = outputs[0]
-        gap, argmax = top2_gap_of_finite(o)
         s = (t0 + 1).double() if isinstance(t0, Tensor) else t0 + 1
-        scores = _native.learned_step(argmax, gap, state, [_output_stat(o, s, n) for n in m.stat_names],
-                                      float(s) if isinstance(s, int) else s, m.native)
-        return None if scores is None else scores.unsqueeze(0)
+        stats = [_output_stat(o, s, name) for name in m.stat_names]
+        return _native.learned_step(o, state, stats, float(s) if isinstance(s, int) else s, m.native)
 
     def _plan(self) -> _RawModel:
         """The fitted model on raw features (cached until the next fit)."""
