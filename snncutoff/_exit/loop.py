@@ -260,14 +260,15 @@ class Session:
 
 
 def _decide(policy: CutoffPolicy, pool: Pool, out: Tensor, k: int, T: int, t_first: int, t_max: int) -> Tensor:
-    """``[k, n]`` decisions for the block's k steps (the forced exit at T included)."""
+    """``[k, n]`` decisions for the block's k steps (the forced exit at T included); the
+    outputs are finite (checked as the network returned them) and the steps in range."""
     if t_first == t_max:  # every row at the same step (always, without refill)
-        done = policy.exit_block(t_first, out, pool.state)
+        done = policy._exit_block(t_first, out, pool.state, t_first, t_first + k - 1)
         if t_first + k == T:
             done[-1] = True  # the forced exit (also for rules that need no fit)
         return done
-    done = policy.exit_block(pool.t, out, pool.state)
-    if policy._is_fitted():  # exit_block forced the exit at T_ - 1 = T - 1 itself
+    done = policy._exit_block(pool.t.to(out.device), out, pool.state, t_first, t_max + k - 1)
+    if policy._is_fitted():  # _exit_block forced the exit at T_ - 1 = T - 1 itself
         return done
     steps = pool.t.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
     return done | (steps == T - 1)
@@ -318,8 +319,9 @@ def exits(backend, net, feed: Feed, policy: CutoffPolicy, T: int, readout, count
                 slots = rows[: new.shape[0]]
                 session.reset_rows(slots, n)
                 pool.refill(slots, new)
-                exited = exited.index_fill(0, slots, False)
             if new is None or new.shape[0] < rows.numel():  # rows nobody takes over leave the batch
+                if new is not None:
+                    exited = exited.index_fill(0, slots, False)
                 keep = (~exited).nonzero().flatten()
                 session.keep(keep)
                 pool.keep(keep)

@@ -246,8 +246,7 @@ class CutoffPolicy:
         self._check_step_outputs(outputs, 3, "outputs must be the cumulative outputs [k, N, C] of k steps")
         k, n = outputs.shape[:2]
         self._check_state(state, n)
-        per_row = isinstance(t0, Tensor) and t0.dim() > 0
-        if per_row:
+        if isinstance(t0, Tensor) and t0.dim() > 0:
             if t0.is_floating_point() or t0.dtype == torch.bool:
                 raise TypeError(f"t must be an int or a [N] integer tensor, got a {t0.dtype} tensor")
             t0 = t0.to(device=outputs.device, dtype=torch.long)
@@ -260,10 +259,18 @@ class CutoffPolicy:
             lo, hi = t0, t0 + k - 1
         if lo < 0:
             raise ValueError(f"t must be >= 0, got {t0}")
+        if self._is_fitted() and hi >= self.T_:
+            raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t0}")
+        return self._exit_block(t0, outputs, state, lo, hi)
+
+    def _exit_block(self, t0: int | Tensor, outputs: Tensor, state: Tensor | None, lo: int, hi: int) -> Tensor:
+        """:meth:`exit_block` on checked arguments: finite outputs ``[k, N, C]``, ``t0`` an int
+        or a ``[N]`` long tensor on their device, steps ``lo .. hi`` (the earliest and the
+        latest of the block) in range. The early-exit loop, which checked them, calls this."""
+        k, n = outputs.shape[:2]
+        per_row = isinstance(t0, Tensor)
         fitted = self._is_fitted()
         if fitted:
-            if hi >= self.T_:
-                raise ValueError(f"t must lie in [0, T) = [0, {self.T_}) for {self!r}, got {t0}")
             self._check_classes(outputs.shape[-1])
         thresholds = self._current_thresholds(self.T_ if fitted else None)
         if not fitted:  # a rule that learns nothing: one threshold for every step
@@ -276,7 +283,9 @@ class CutoffPolicy:
             if scores is None:
                 states = self._state_scan(state, outputs)
                 state.copy_(states[-1])
-        steps = t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1) if per_row else None  # [k, N]
+        steps = None  # [k, N] per-row steps
+        if per_row:
+            steps = t0.view(1, -1) if k == 1 else t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1)
         if not quiet:
             scores = self._scores(outputs, t0, states) if scores is None else scores
             thresholds = self._step_thresholds(thresholds, scores.dtype, scores.device, fitted)
