@@ -186,6 +186,21 @@ def test_the_fused_on_line_step_equals_the_state_scan_and_scores(dtype, per_row)
         assert torch.equal(fused_state, plain_state)
         assert torch.equal(fused, plain)
         # and the same as scoring in torch alone
-        p._raw_model = (p.coef_, _plan_without_kernel(p))
+        p._plan_cache = (p.coef_, _plan_without_kernel(p))
         assert torch.equal(p._scores(out, t0, states), plain)
-        del p._raw_model
+        del p._plan_cache
+
+
+def test_a_used_rule_pickles_and_copies_and_decides_the_same():
+    import copy
+    import pickle
+
+    cal, test = drifting_trace(8, 300, 5, 11), drifting_trace(8, 40, 5, 12)
+    p = LearnedExit(0.05).fit(cal)
+    state = p.initial_state(test.N)
+    p.exit_now(0, test.outputs[0], state)  # builds the caches (the C kernel's model among them)
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p)):
+        assert torch.equal(q.evaluate(test).exit_step, p.evaluate(test).exit_step)
+        s1, s2 = state.clone(), state.clone()
+        assert torch.equal(q.exit_now(1, test.outputs[1], s1), p.exit_now(1, test.outputs[1], s2))
+        assert torch.equal(s1, s2)

@@ -112,6 +112,11 @@ class CutoffPolicy:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and ``copy``: everything but the caches (``*_cache``: rebuilt on use; one
+        holds pointers for the C kernel)."""
+        return {k: v for k, v in self.__dict__.items() if not k.endswith("_cache")}
+
     def get_params(self) -> dict[str, Any]:
         """Hyper-parameters, as given to ``__init__``."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]

@@ -117,7 +117,8 @@ class _RawModel(NamedTuple):
 def _twin_scores(m: _RawModel, s: float | Tensor, runs: Tensor, gaps: Tensor, before: Tensor,
                  stats: list[Tensor]) -> Tensor:
     """``LearnedExit``'s scores in torch, one elementwise float64 operation at a time in the
-    kernel's order (``learned.c``): the same bits as the C kernel, on any device."""
+    kernel's order (``learned.c``): on the CPU the same bits as the C kernel (elsewhere the
+    device's own ``log`` may round the run length's differently)."""
     z = None
     for name, a in zip(m.names, m.weights):
         if name == "gap_per_step":
@@ -233,7 +234,7 @@ class LearnedExit(RunState, CutoffPolicy):
 
     def _plan(self) -> _RawModel:
         """The fitted model on raw features (cached until the next fit)."""
-        plan = self.__dict__.get("_raw_model")
+        plan = self.__dict__.get("_plan_cache")
         if plan is not None and plan[0] is self.coef_:
             return plan[1]
         if "coef_" not in self.__dict__:
@@ -248,7 +249,7 @@ class LearnedExit(RunState, CutoffPolicy):
         log_table = torch.arange(self.T_ + 1, dtype=torch.float64).log()
         plan = _RawModel(names, tuple(weights.tolist()), a_progress, c, float(self.T_), stat_names, log_table,
                          _native.learned_model(codes, weights, self.T_, a_progress, c, log_table))
-        self._raw_model = (self.coef_, plan)
+        self._plan_cache = (self.coef_, plan)
         return plan
 
     def _trace_features(self, trace: Trace) -> list[Tensor]:
