@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import snncutoff as sc
 from snncutoff import Confidence, Conformal, Entropy, LearnedExit, RiskControl, Stability, Timestep, TopKGap
@@ -397,3 +398,13 @@ def test_refill_with_a_random_rate_encoder(name):
     real = sc.early_exit_loader(backend, snn, data, policy, T=10, encoder=rate, refill=True, capacity=8,
                                 progress=False)
     assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+
+
+def test_early_exit_refuses_one_class_outputs_for_rules_that_rank_classes():
+    backend = backend_or_skip("snntorch")
+    import snntorch
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1), snntorch.Leaky(beta=0.9, init_hidden=True, output=True))
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"Stability needs C >= 2 classes, got C = 1"):
+        sc.early_exit(backend, net, x, sc.Stability(2), T=4, readout="membrane")

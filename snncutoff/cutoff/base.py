@@ -221,8 +221,6 @@ class CutoffPolicy:
             raise TypeError(f"{what}: a floating-point tensor, got dtype {outputs.dtype}")
         if dims == 3 and outputs.shape[0] == 0:
             raise ValueError(f"{what}: the block holds no step (k = 0)")
-        if self.min_classes > 1:
-            check_min_classes(outputs.shape[-1], type(self).__name__)
         check_finite("outputs", outputs, ("k", "n") if dims == 3 else ("n",))
 
     def _check_state(self, state: Tensor | None, n: int) -> None:
@@ -273,6 +271,8 @@ class CutoffPolicy:
         or a ``[N]`` long tensor on their device, steps ``lo .. hi`` (the earliest and the
         latest of the block) in range. The early-exit loop, which checked them, calls this."""
         k, n = outputs.shape[:2]
+        if self.min_classes > 1:
+            check_min_classes(outputs.shape[-1], type(self).__name__)
         per_row = isinstance(t0, Tensor)
         fitted = self._is_fitted()
         if fitted:
