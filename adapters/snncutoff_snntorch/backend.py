@@ -130,9 +130,10 @@ class SnnTorchBackend(Backend):
     def reset_rows_module(self, module: nn.Module, rows: Tensor, n: int) -> None:
         """In place: rows ``rows`` of the state back to the initial membrane (snnTorch's: zero)."""
         if isinstance(module, (IFNeuron, LIFNeuron)):
-            if module.mem is not None:
-                init = module.v_init * module.threshold if isinstance(module, IFNeuron) else 0.0
-                module.mem.index_fill_(0, rows.to(module.mem.device), init)
+            mem = module.mem
+            if mem is not None:
+                mem.index_fill_(0, rows.to(mem.device), module.v_init * module.threshold
+                                if isinstance(module, IFNeuron) else 0.0)
             return
         for name in STATE_NAMES:
             value = getattr(module, name, None)
