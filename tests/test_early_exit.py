@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import snncutoff as sc
-from snncutoff import Confidence, Conformal, Entropy, LearnedExit, RiskControl, Stability, Timestep, TopKGap
+from snncutoff import Confidence, Conformal, Entropy, LearnedExit, RiskControl, Stability, Timestep, TopKGap, Trace
 from snncutoff.backends import Backend
 
 from .helpers import (
@@ -408,3 +408,46 @@ def test_early_exit_refuses_one_class_outputs_for_rules_that_rank_classes():
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"Stability needs C >= 2 classes, got C = 1"):
         sc.early_exit(backend, net, x, sc.Stability(2), T=4, readout="membrane")
+
+
+def test_refill_of_a_float64_membrane_readout_keeps_the_network_state():
+    """The first step's float64 outputs may be the neuron's own membrane: the pool must copy
+    them, or writing its rows in place at a refill resets the network's state as well."""
+    backend = backend_or_skip("snntorch")
+    from snncutoff_snntorch.neurons import IFNeuron
+
+    node = IFNeuron(threshold=1.0)  # initial membrane 0.5
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), node)
+    with torch.no_grad():
+        net[1].weight.mul_(3.0)
+    net = net.double()
+    x = torch.randn(60, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    data = [(x[i : i + 20], torch.zeros(20, dtype=torch.long)) for i in range(0, 60, 20)]
+    kw = {"T": 8, "readout": "membrane", "progress": False}
+    plain = sc.early_exit_loader(backend, net, data, Confidence(0.6), **kw)
+    refill = sc.early_exit_loader(backend, net, data, Confidence(0.6), refill=True, capacity=20, **kw)
+    assert (plain.exit_step == 1).sum() > 5  # rows are refilled after the first step
+    assert torch.equal(plain.exit_step, refill.exit_step) and torch.equal(plain.predictions, refill.predictions)
+
+
+def test_cumulative_outputs_past_the_dtype_range_stop_early_exit_with_a_clear_error():
+    """float16 outputs whose running sum overflows: named, never scored (a NaN score would
+    otherwise keep a row from its forced exit)."""
+    backend = backend_or_skip("spikingjelly")
+    from spikingjelly.activation_based import neuron
+
+    net = nn.Sequential(nn.Linear(2, 4), neuron.IFNode(v_threshold=6e4, v_reset=None))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[4000.0, 0], [4000.0, 0], [0, 0], [0, 0]]))
+        net[0].bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))
+    net = net.half()
+    T = 8
+    cal = Trace(torch.arange(1, T + 1).view(T, 1, 1) * torch.tensor([[1.0, 0, 0, 0]]).expand(T, 20, 4).clone(),
+                torch.zeros(20, dtype=torch.long))
+    policy = Confidence(0.1).fit(cal)
+    xs = torch.tensor([[1.0, 0], [0, 0], [0, 0], [0, 0], [1.0, 0], [0, 0]]).half()
+    data = [(xs[i : i + 1], torch.zeros(1, dtype=torch.long)) for i in range(xs.shape[0])]
+    with pytest.raises(ValueError, match=r"outputs at step \d+ holds? \d+ NaN or infinite"):
+        sc.early_exit_loader(backend, net, data, policy, T=T, readout="membrane", refill=True, capacity=2,
+                             progress=False)

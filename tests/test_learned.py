@@ -204,3 +204,16 @@ def test_a_used_rule_pickles_and_copies_and_decides_the_same():
         s1, s2 = state.clone(), state.clone()
         assert torch.equal(q.exit_now(1, test.outputs[1], s1), p.exit_now(1, test.outputs[1], s2))
         assert torch.equal(s1, s2)
+
+
+@pytest.mark.skipif(not _native.available(), reason="the optional C kernel was not built (no compiler)")
+def test_a_state_that_is_not_a_run_state_gives_nan_or_the_twin_not_a_crash():
+    cal = drifting_trace(6, 200, 4, 13)
+    p = LearnedExit(0.05, features=("log_run", "gap_per_step")).fit(cal)
+    m = p._plan()
+    runs = torch.tensor([2.5, -3.0, -1e12, float("nan"), 1e300, 3.0], dtype=torch.float64)
+    gaps, before = torch.ones(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    native = _native.learned_scores(runs, gaps, before, [], 4.0, m.native)
+    twin = learned._twin_scores(m, 4.0, runs, gaps, before, [])
+    assert torch.equal(native.isnan(), twin.isnan()) and native[1:4].isnan().all()
+    assert torch.allclose(native[[0, 4, 5]], twin[[0, 4, 5]], rtol=1e-14, atol=0)

@@ -293,3 +293,23 @@ def test_exit_now_with_one_step_per_row(make):
     assert torch.equal(per_row, one_by_one)
     with pytest.raises(ValueError, match=r"\[N\] = \[30\]"):
         p.exit_now(torch.zeros(3, dtype=torch.long), tr.outputs[0])
+
+
+def test_thresholds_edited_in_place_are_seen_by_on_line_decisions():
+    g = torch.Generator().manual_seed(0)
+
+    def trace(n: int) -> Trace:
+        y = torch.randn(6, n, 5, generator=g)
+        labels = torch.randint(0, 5, (n,), generator=g)
+        y[:, torch.arange(n), labels] += 0.8
+        return Trace(y.cumsum(0), labels)
+
+    cal, test = trace(300), trace(50)
+    cal = Trace(cal.outputs.double(), cal.labels)  # float64 thresholds, float32 scores: a converted copy
+    p = TopKGap(0.05).fit(cal)
+    assert p.beta_.dtype == torch.float64
+    assert p.exit_now(2, test.outputs[2]).any()  # builds the caches
+    p.beta_[:] = 1e6  # in place: no sample may exit before T now
+    assert int((p.evaluate(test).exit_step < 6).sum()) == 0
+    assert not p.exit_now(2, test.outputs[2]).any()
+    assert p.exit_now(5, test.outputs[5]).all()  # the forced exit stays

@@ -67,9 +67,10 @@ def _running_sum(start: Tensor | None, steps: Tensor) -> Tensor:
     """``start + steps[0]``, ``+ steps[1]``, ... added one step at a time in float64 (``[k, ...]``).
 
     The same additions, in the same order, as the float64 cumulative sum of
-    :meth:`Trace.from_steps`, so blocks of any length give the same bits."""
-    if start is None:
-        return steps.double() if steps.shape[0] == 1 else steps.double().cumsum(0)
+    :meth:`Trace.from_steps`, so blocks of any length give the same bits. Never ``steps``
+    itself (a network's float64 output may be its own membrane)."""
+    if start is None:  # a copy even of float64 steps: the pool writes its rows in place
+        return steps.to(torch.float64, copy=True) if steps.shape[0] == 1 else steps.double().cumsum(0)
     if steps.shape[0] == 1:  # one mixed add: float64 + x is float64 + x.double()
         return start.unsqueeze(0) + steps
     return torch.cat([start.unsqueeze(0), steps.double()]).cumsum(0)[1:]
@@ -216,8 +217,6 @@ class Session:
         elif y.shape[-1] != self.classes:
             raise ValueError(f"{type(self.net).__name__} returned {y.shape[-1]} classes at step {t_first} after "
                              f"{self.classes} before: the outputs must keep their [N, C] shape from step to step")
-        steps = f"step {t_first}" if k == 1 else f"steps {t_first}..{t_first + k - 1}"
-        check_finite(f"outputs at {steps}", y, ("k", "n"))
         ops = self.rec.take_ops(k).view(k, -1) if self.rec is not None else None
         return y, ops
 
@@ -261,14 +260,14 @@ class Session:
 
 def _decide(policy: CutoffPolicy, pool: Pool, out: Tensor, k: int, T: int, t_first: int, t_max: int) -> Tensor:
     """``[k, n]`` decisions for the block's k steps (the forced exit at T included); the
-    outputs are finite (checked as the network returned them) and the steps in range."""
+    outputs are finite (checked as the rule sees them) and the steps in range."""
     if t_first == t_max:  # every row at the same step (always, without refill)
         done = policy._exit_block(t_first, out, pool.state, t_first, t_first + k - 1)
         if t_first + k == T:
             done[-1] = True  # the forced exit (also for rules that need no fit)
         return done
     done = policy._exit_block(pool.t.to(out.device), out, pool.state, t_first, t_max + k - 1)
-    if policy._is_fitted():  # _exit_block forced the exit at T_ - 1 = T - 1 itself
+    if policy._is_fitted() or t_max + k < T:  # a fitted rule forced the exit at T_ - 1 = T - 1 itself
         return done
     steps = pool.t.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
     return done | (steps == T - 1)
@@ -299,6 +298,9 @@ def exits(backend, net, feed: Feed, policy: CutoffPolicy, T: int, readout, count
             feed.classes = y.shape[-1]
             cum_k = _running_sum(pool.cum, y)
             out = cum_k.to(y.dtype)  # [k, n, C]
+            # the outputs as the rule sees them: a NaN step, or a sum past the dtype's range, stops here
+            check_finite(f"outputs at step {t_first}" if k == 1 else f"outputs at steps {t_first}..{t_first + k - 1}",
+                         out, ("k", "n"))
             spent_k = _running_sum(pool.spent, ops) if ops is not None else None
             done = _decide(policy, pool, out, k, T, t_first, t_max)
             pool.t, pool.cum = pool.t + k, cum_k[-1]

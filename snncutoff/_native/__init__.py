@@ -6,7 +6,8 @@ pure-torch twin, which is used when the library was not built, for tensors it do
 take (not on the CPU, another dtype, not contiguous), or when
 the environment sets ``SNNCUTOFF_NATIVE=0``:
 
-- :func:`top2_gap`: :func:`snncutoff.stats.top2_gap`, the same values bit for bit;
+- :func:`top2_gap`: :func:`snncutoff.stats.top2_gap`, the same values (bit for bit but for
+  the sign of a zero gap between tied zeros, which no comparison sees);
 - :func:`run_state`: ``RunState._state_scan`` of one step (exact: integers and copies);
 - :func:`learned_scores` / :func:`learned_step`: ``LearnedExit``'s float64 score (of a
   trace's step, or of an on-line step with its run state), the same bits as its torch

@@ -50,8 +50,9 @@ void snncutoff_learned_scores(int64_t n, const double *runs, const double *gaps,
         x = gaps[i * stride] / si;
       } else if (code == 1) {
         const double r = runs[i * stride];
-        /* runs lie in [1, T]; longer ones (a state carried past T) read C's own log */
-        x = r < (double)m->log_size ? m->log_table[(int64_t)r] : log(r);
+        /* runs are whole numbers in [1, T]; anything else (a state carried past T, or one
+         * that is not a run state) reads C's own log */
+        x = r >= 1.0 && r < (double)m->log_size && r == floor(r) ? m->log_table[(int64_t)r] : log(r);
       } else if (code == 2) {
         x = runs[i * stride] / si;
       } else if (code == 3) {

@@ -11,9 +11,8 @@ A subclass says what its score is and how its thresholds are set, nothing else:
 
 - ``param``: the hyper-parameter a sweep (and :class:`~snncutoff.RiskControl`) varies;
 - ``_scores(outputs, t0, states)``: ``[k, N, C]`` cumulative outputs of steps ``t0 ..`` ->
-  ``[k, N]`` scores, finite for finite outputs (on line the forced exit at the last step is
-  a threshold of ``-inf``) (``_trace_scores(trace)``: the same for a whole trace, from its
-  cached statistics);
+  ``[k, N]`` scores (``_trace_scores(trace)``: the same for a whole trace, from its cached
+  statistics);
 - ``_thresholds(calibration, values, T)``: ``[E, T]`` thresholds for E values of ``param``
   (the calibration trace is None for rules that learn nothing);
 - ``risk_grid(T)``: values of ``param`` from the most conservative to the most aggressive.
@@ -184,10 +183,11 @@ class CutoffPolicy:
         if not (self.strict or math.isfinite(self.score_max)):
             return None
         cached = self.__dict__.get("_silent_cache")
-        if cached is None or cached[0] is not thresholds or cached[1] != dtype:
+        key = (thresholds._version, dtype)
+        if cached is None or cached[0] is not thresholds or cached[1] != key:
             t = thresholds.to(dtype)
             flags = (t >= self.score_max if self.strict else t > self.score_max) | t.isnan()
-            cached = self._silent_cache = (thresholds, dtype, flags.reshape(-1).tolist())
+            cached = self._silent_cache = (thresholds, key, flags.reshape(-1).tolist())
         return cached[2]
 
     def _passes(self, scores: Tensor, thresholds: Tensor) -> Tensor:
@@ -291,30 +291,30 @@ class CutoffPolicy:
         steps = None  # [k, N] per-row steps
         if per_row:
             steps = t0.view(1, -1) if k == 1 else t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1)
-        if not quiet:
+        if quiet:
+            decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
+        else:
             scores = self._scores(outputs, t0, states) if scores is None else scores
-            thresholds = self._step_thresholds(thresholds, scores.dtype, scores.device, fitted)
+            thresholds = self._step_thresholds(thresholds, scores.dtype, scores.device)
             if fitted:
                 thresholds = thresholds[steps] if per_row else thresholds[t0 : t0 + k].view(-1, 1)
-            return scores > thresholds if self.strict else scores >= thresholds
-        if fitted and per_row:  # the forced exit at the last step
-            return steps == self.T_ - 1
-        decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
-        if fitted and t0 + k == self.T_:
-            decision[-1] = True
+            decision = scores > thresholds if self.strict else scores >= thresholds
+        if fitted:  # the forced exit at the last step (whatever the score, NaN included)
+            if per_row:
+                return decision | (steps == self.T_ - 1) if hi == self.T_ - 1 else decision
+            if t0 + k == self.T_:
+                decision[-1] = True
         return decision
 
-    def _step_thresholds(self, thresholds: Tensor, dtype: torch.dtype, device: torch.device, fitted: bool) -> Tensor:
+    def _step_thresholds(self, thresholds: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``thresholds`` as on-line decisions compare them: in the scores' ``dtype`` (as
-        :meth:`_passes`) on their device, with ``-inf`` at a fitted rule's last step (the
-        forced exit: every finite score passes). Cached for the thresholds tensor."""
+        :meth:`_passes`) on their device. Cached for the thresholds tensor as it is now (its
+        identity and version: an edit in place is seen)."""
+        key = (thresholds._version, dtype, device)
         cached = self.__dict__.get("_step_cache")
-        if cached is None or cached[0] is not thresholds or cached[1:4] != (dtype, device, fitted):
-            t = thresholds.to(device=device, dtype=dtype, copy=True)
-            if fitted:
-                t[-1] = -math.inf
-            cached = self._step_cache = (thresholds, dtype, device, fitted, t)
-        return cached[4]
+        if cached is None or cached[0] is not thresholds or cached[1] != key:
+            cached = self._step_cache = (thresholds, key, thresholds.to(device=device, dtype=dtype))
+        return cached[2]
 
     @torch.no_grad()
     def exit_now(self, t: int | Tensor, outputs_t: Tensor, state: Tensor | None = None) -> Tensor:
