@@ -185,19 +185,46 @@ def test_conformal_snncutoff_quantile_hand_worked():
         Conformal(0.9, quantile="snncutoff").fit(Trace(logits[:, :1], torch.tensor([0])))
 
 
-def test_conformal_set_size_rule():
-    # q between the two label scores: set {c: s_c < q} has one label -> exits
+@pytest.mark.parametrize("quantile", ["split", "snncutoff"])
+def test_conformal_set_size_rule(quantile):
+    # scores: s_0 = -log(softmax_0 + 1e-5) small, s_1 = s_2 large
     out = torch.tensor([[[4.0, 0.0, 0.0]], [[4.0, 0.0, 0.0]]])
     tr = Trace(out, torch.tensor([0]))
-    p = Conformal(alpha=0.0, max_set_size=1)
+    s = -(out[0, 0].softmax(-1) + 1e-5).log()
+    p = Conformal(alpha=0.0, max_set_size=1, quantile=quantile)
     p.fit(tr)  # q = +inf: every label in the set -> no early exit
     assert p.evaluate(tr).exit_step.tolist() == [2]
-    p.quantile_ = torch.tensor([1.0, 1.0])
+    p.quantile_ = torch.tensor([1.0, 1.0])  # between the two scores: one label -> exits
     assert p.evaluate(tr).exit_step.tolist() == [1]
     p.quantile_ = torch.tensor([0.0, 0.0])  # empty set also exits
     assert p.evaluate(tr).exit_step.tolist() == [1]
-    p3 = Conformal(alpha=0.0, max_set_size=3).fit(tr)  # a set never exceeds C = 3
+    p.quantile_ = s[1].repeat(2)  # q equal to the tied larger scores: {s <= q} holds all 3, {s < q} one
+    assert p.evaluate(tr).exit_step.tolist() == ([2] if quantile == "split" else [1])
+    p3 = Conformal(alpha=0.0, max_set_size=3, quantile=quantile).fit(tr)  # a set never exceeds C = 3
     assert p3.evaluate(tr).exit_step.tolist() == [1]
+    assert p3.quantile_.tolist() == [-math.inf, -math.inf]
+
+
+def test_conformal_split_set_covers_ties():
+    # spike counts, no output spike at step 1: every score ties with q there
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(6, 300, 10, generator=g).clamp(min=0).round()
+    y[0] = 0
+    labels = (y.sum(0) + 0.01 * torch.randn(300, 10, generator=g)).argmax(1)
+    tr = Trace.from_steps(y, labels)
+    alpha = 0.1
+    split = Conformal(alpha).fit(tr)
+    r = split.evaluate(tr)
+    assert int((r.exit_step == 1).sum()) == 0  # the set at step 1 is every label: nobody exits on a tie
+    # in-sample coverage of the textbook set, from the definitions (float64): >= 1 - alpha at every step
+    o = tr.outputs.double()
+    nc = -(o.softmax(-1) + 1e-5).log()
+    label_nc = nc.gather(-1, labels.view(1, -1, 1).expand(tr.T, -1, 1)).squeeze(-1)
+    q = split.quantile_.double().view(-1, 1)
+    assert torch.all((label_nc <= q + 1e-6).double().mean(1) >= 1 - alpha)
+    # the SNNCutoff code's strict set is empty on the tie: everyone leaves at step 1, predicting class 0
+    ref = Conformal(alpha, quantile="snncutoff").fit(tr).evaluate(tr)
+    assert ref.exit_step.eq(1).all() and ref.predictions.eq(0).all()
 
 
 def test_conformal_bonferroni_is_more_conservative():

@@ -85,12 +85,15 @@ def test_conformal_snncutoff_matches_the_loop(case, alpha):
     assert p.evaluate(test).exit_step.tolist() == expected
 
 
+@pytest.mark.parametrize("quantile", ["split", "snncutoff"])
 @pytest.mark.parametrize("max_set_size", [1, 2, 3])
-def test_conformal_set_size_equivalence(max_set_size):
+def test_conformal_set_size_equivalence(max_set_size, quantile):
+    # on its own calibration trace: at every step one sample's label score equals q exactly (a tie)
     tr = make_trace(T=6, N=200, C=5, seed=9, signal=0.8)
-    p = Conformal(0.2, max_set_size=max_set_size).fit(tr)
+    p = Conformal(0.2, max_set_size=max_set_size, quantile=quantile).fit(tr)
     nc = -(tr.outputs.softmax(-1) + 1e-5).log()
-    size = (nc < p.quantile_.view(-1, 1, 1)).sum(-1)
+    q = p.quantile_.view(-1, 1, 1)
+    size = (nc <= q if quantile == "split" else nc < q).sum(-1)  # textbook set / the SNNCutoff code's
     expected = loop_exits(size, lambda s, t: bool(s <= max_set_size))
     assert p.evaluate(tr).exit_step.tolist() == expected
 

@@ -2,19 +2,31 @@ r"""``Conformal``: SpikeCP — exit once the conformal prediction set is small e
 
 Nonconformity of label c at step t: :math:`s_{t,c} = -\log(\operatorname{softmax}(O_t)_c + 10^{-5})`.
 Calibration: per step, the threshold :math:`q_t` is a quantile at level
-:math:`1 - \alpha` of the true-label scores of the calibration samples. Prediction
-set :math:`\Gamma_t = \{c : s_{t,c} < q_t\}` (strict); exit at the first t with
-:math:`|\Gamma_t| \le k` (``max_set_size``; an empty set exits). Equivalently, the
-(k+1)-th smallest :math:`s_{t,c}` is :math:`\ge q_t`, which is how it is computed.
+:math:`1 - \alpha` of the true-label scores of the calibration samples. Exit at the
+first t whose prediction set :math:`\Gamma_t` holds at most k labels (``max_set_size``;
+an empty set exits, predicting the argmax), computed as a comparison of the (k+1)-th
+smallest :math:`s_{t,c}` with :math:`q_t`. Two variants (``quantile``, see
+:func:`snncutoff.cutoff.functional.conformal_thresholds`):
 
-Quantiles (see :func:`snncutoff.cutoff.functional.conformal_thresholds`):
-``"split"`` is the textbook :math:`\lceil (1-\alpha)(N+1) \rceil`-th smallest score;
-``"snncutoff"`` reproduces the SNNCutoff code. ``correction="bonferroni"`` calibrates
-each step at :math:`\alpha / T`, the SpikeCP paper's guarantee over all steps.
+- ``"split"`` (default), textbook split conformal: :math:`q_t` the
+  :math:`\lceil (1-\alpha)(N+1) \rceil`-th smallest score and
+  :math:`\Gamma_t = \{c : s_{t,c} \le q_t\}`, the set whose coverage
+  :math:`P(y \in \Gamma_t) \ge 1 - \alpha` holds for exchangeable samples, ties included;
+  exit when the (k+1)-th smallest score is :math:`> q_t`. A step where every output is
+  tied (no output spike yet) gives a set of every label, so nobody exits there.
+- ``"snncutoff"``: the SNNCutoff code, bit for bit: its quantile and its strict set
+  :math:`\Gamma_t = \{c : s_{t,c} < q_t\}` (exit when the (k+1)-th smallest score is
+  :math:`\ge q_t`). With tied scores that set can be empty, and then every sample exits:
+  on spike-count outputs with no spike at step 1 they all leave at step 1, predicting
+  class 0. Use it to reproduce that code's numbers, not for a guarantee.
+
+``correction="bonferroni"`` calibrates each step at :math:`\alpha / T`, the SpikeCP
+paper's guarantee over all steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -35,16 +47,18 @@ class Conformal(CutoffPolicy):
     Args:
         alpha: miscoverage level in [0, 1) (per step, or over all steps with Bonferroni).
         max_set_size: exit when the prediction set holds at most this many labels (>= 1).
-        quantile: ``"split"`` (default) or ``"snncutoff"`` (bit-for-bit SNNCutoff).
+        quantile: ``"split"`` (default: textbook quantile and set ``s <= q``, with its coverage
+            guarantee) or ``"snncutoff"`` (the SNNCutoff code bit for bit: its quantile and its
+            strict set ``s < q``, empty when the scores tie).
         correction: ``"none"`` or ``"bonferroni"`` (alpha / T per step).
 
     Attributes:
-        quantile_: ``[T]`` float nonconformity thresholds (``+inf``: the set is every label).
+        quantile_: ``[T]`` float nonconformity thresholds (``+inf``: the set is every label;
+            ``-inf`` when ``max_set_size >= C``: any set qualifies).
         T_: number of steps of the calibration trace.
     """
 
     param = "alpha"
-    strict = False  # exit when the (k+1)-th smallest score >= q_t
     quantile_ = fitted_view("``[T]`` nonconformity thresholds learned by ``fit`` (``+inf``: every label).")
 
     def __init__(
@@ -54,6 +68,11 @@ class Conformal(CutoffPolicy):
         self.max_set_size = check_positive_int("max_set_size", max_set_size)
         self.quantile = check_choice("quantile", quantile, ("split", "snncutoff"))
         self.correction = check_choice("correction", correction, ("none", "bonferroni"))
+
+    @property
+    def strict(self) -> bool:
+        """|{c : s_c <= q}| <= k  iff  s_(k+1) > q (split); |{c : s_c < q}| <= k  iff  s_(k+1) >= q (snncutoff)."""
+        return self.quantile == "split"
 
     def _scores(self, outputs: Tensor, t0: int | Tensor = 0, states: Tensor | None = None) -> Tensor:
         return kth_nonconformity(outputs, self.max_set_size + 1)
@@ -65,7 +84,10 @@ class Conformal(CutoffPolicy):
         alphas = [check_unit_interval("alpha", v) for v in values]
         if self.correction == "bonferroni":
             alphas = [a / T for a in alphas]
-        return conformal_thresholds(calibration.label_nonconformity(), alphas, self.quantile)
+        thresholds = conformal_thresholds(calibration.label_nonconformity(), alphas, self.quantile)
+        if self.max_set_size >= calibration.C:  # a set never exceeds C labels: every step lets samples exit
+            thresholds.fill_(-math.inf)
+        return thresholds
 
     def risk_grid(self, T: int) -> list[float]:
         return list(ALPHA_GRID)
