@@ -7,7 +7,9 @@ framework's integrate-and-fire neuron for a given threshold. The steps:
    :class:`~snncutoff.constraints.Constraint` *module*, called once per forward (a
    neuron holds state); a functional ``F.relu`` / ``torch.relu`` / ``Tensor.relu``
    is an error naming the module whose ``forward`` calls it (found by tracing with
-   ``torch.fx``, or by running one calibration batch when tracing fails);
+   ``torch.fx``, or by running one calibration batch when tracing fails); so is any other
+   non-linear operation in ``forward`` code (``F.max_pool2d``, ``torch.clamp``, ``floor``, a
+   softmax, ...), which the SNN would apply to each step's spikes instead of their rates;
 2. thresholds: a constraint's own; for ``nn.ReLU`` the calibration rule (``"max"`` of
    the activation over the calibration data, or a percentile such as ``"99.9%"``);
 3. layers: ``MaxPool`` is refused unless ``maxpool="avg"``; ``Dropout`` and an empty
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Constraint
-from .graph import check_by_running, find_functional_activations, is_activation, is_empty_sequential
+from .graph import _scan, check_by_running, is_activation, is_empty_sequential
 from .spec import IF
 from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
@@ -184,8 +186,8 @@ def check_convertible(ann: nn.Module, calibration: Iterable | None = None, examp
     if isinstance(calibration, Tensor):
         raise TypeError("calibration must be an iterable of batches (a DataLoader, or a list of x or (x, y)), "
                         "got a single tensor: pass [x] or [(x, y)]")
-    found = find_functional_activations(ann)
-    if found is None:
+    scan = _scan(ann)
+    if scan is None:
         example = _first_example(calibration, example_input)
         if example is None:
             raise ConversionError(
@@ -196,9 +198,10 @@ def check_convertible(ann: nn.Module, calibration: Iterable | None = None, examp
         was = ann.training
         ann.eval()
         try:
-            found = check_by_running(ann, example.to(device) if device is not None else example)
+            scan = check_by_running(ann, example.to(device) if device is not None else example)
         finally:
             ann.train(was)
+    found, nonlinear = scan
     if found:
         where = "; ".join(f"'{p or type(ann).__name__}' uses {w}" for p, w in found)
         raise ConversionError(
@@ -206,6 +209,30 @@ def check_convertible(ann: nn.Module, calibration: Iterable | None = None, examp
             "module, created in __init__ and called once in forward; replace functional calls such as "
             "F.relu(x) by a module and give each call site its own module."
         )
+    if nonlinear:
+        raise ConversionError(_nonlinear_message(ann, nonlinear))
+
+
+def _nonlinear_message(ann: nn.Module, nonlinear: list[tuple[str, str]]) -> str:
+    """What to do about non-linear operations in ``ann``'s forward code (besides the activations)."""
+    modules = dict(ann.named_modules())
+    where = "; ".join((f"'{p}' ({type(modules[p]).__name__})" if p in modules and p else type(ann).__name__)
+                      + f" uses {w}" for p, w in dict.fromkeys(nonlinear))
+    hints = []
+    if any("max_pool" in w for _, w in nonlinear):
+        hints.append("for max pooling use an nn.MaxPool2d module and convert with maxpool='avg', or train with "
+                     "nn.AvgPool2d")
+    if any(w.split(".")[-1].startswith(("clamp", "clip", "floor", "round")) for _, w in nonlinear):
+        hints.append("a clipped or quantised activation (QCFS, clip, e.g. SNNCutoff's QCFSConstrs / ClipConstrs) "
+                     "must be snncutoff's own: snncutoff.constraints.QCFS(levels=L, threshold=vthr) or Clip"
+                     "(threshold=vthr) in place of the module, or constraints.apply(ann, 'qcfs', ...) on the "
+                     "ReLU network; their thresholds convert directly")
+    if any("softmax" in w for _, w in nonlinear):
+        hints.append("leave the softmax out of the network: cutoff rules read the logits (they take the softmax "
+                     "where a rule needs it)")
+    hint = "; ".join(hints) or ("compute it with supported layers, or outside the network")
+    return (f"cannot convert: {where}. A converted network would apply such a non-linear operation to each "
+            f"step's spikes, not to their rates, so its outputs would not approach the ANN's: {hint}.")
 
 
 def convert_for_training(

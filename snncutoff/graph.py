@@ -20,6 +20,25 @@ _FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_r
                     torch.sigmoid, torch.tanh, F.hardtanh, F.elu}
 _METHOD_RELU = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min", "clip"}
 
+# Operations whose output is not linear (affine) in their input: a converted network applies
+# them to each step's spikes, which is not the operation applied to the rates (the max of
+# per-step values is not the max of their mean), so they are refused. By name, as the
+# torch functions, the functionals and the Tensor methods call them.
+_NONLINEAR_NAMES = {
+    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "fractional_max_pool2d", "fractional_max_pool3d", "lp_pool1d", "lp_pool2d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+    "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_",
+    "minimum", "maximum", "fmin", "fmax", "max", "min", "amax", "amin",
+    "floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "sign", "abs", "abs_",
+    "exp", "log", "sqrt", "rsqrt", "pow", "square", "softmax", "log_softmax", "softmin", "softplus",
+    "softsign", "hardswish", "hardsigmoid", "mish", "selu", "celu", "rrelu", "prelu", "logsigmoid", "glu",
+    "threshold", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize",
+}
+_NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F) for name in _NONLINEAR_NAMES
+                        if callable(getattr(mod, name, None))}
+
 
 def is_empty_sequential(m: nn.Module) -> bool:
     """An ``nn.Sequential()`` with no layers: the identity shortcut of the CIFAR ResNets."""
@@ -38,18 +57,18 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, Activation) or super().is_leaf_module(m, qualname)
 
 
-def find_functional_activations(net: nn.Module) -> list[tuple[str, str]] | None:
-    """``[(module path, what)]`` of functional activations in ``net``'s forward code.
+Findings = list[tuple[str, str]]
+"""``[(module path, what)]``: where each finding is (the module whose ``forward`` does it) and what it is."""
 
-    Traces with ``torch.fx`` (no data needed). Returns None when the network cannot be
-    traced (data-dependent control flow); then :func:`check_by_running` is used.
-    Also reports activation *modules* called more than once per forward.
-    """
+
+def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
+    """``(functional activations and reused activation modules, non-linear operations)`` in
+    ``net``'s forward code, by tracing with ``torch.fx``; None when it cannot be traced."""
     try:
         graph = _Tracer().trace(net)
     except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
         return None
-    found, calls = [], {}
+    found, nonlinear, calls = [], [], {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""
@@ -57,18 +76,45 @@ def find_functional_activations(net: nn.Module) -> list[tuple[str, str]] | None:
             found.append((owner, getattr(node.target, "__name__", str(node.target))))
         elif node.op == "call_method" and node.target in _METHOD_RELU:
             found.append((owner, f"Tensor.{node.target}"))
+        elif node.op == "call_function" and node.target in _NONLINEAR_FUNCTIONS:
+            module = "F" if getattr(F, node.target.__name__, None) is node.target else "torch"
+            nonlinear.append((owner, f"{module}.{node.target.__name__}"))
+        elif node.op == "call_method" and node.target in _NONLINEAR_NAMES:
+            nonlinear.append((owner, f"Tensor.{node.target}"))
         elif node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     modules = dict(net.named_modules())
     for target, n in calls.items():
         if n > 1 and is_activation(modules[target]):
             found.append((target, f"{type(modules[target]).__name__} module called {n} times per forward"))
-    return found
+    return found, nonlinear
 
 
-def check_by_running(net: nn.Module, example: Tensor) -> list[tuple[str, str]]:
-    """Run ``net`` once and catch functional activations and reused activation modules."""
-    found, stack, calls = [], [""], {}
+def find_functional_activations(net: nn.Module) -> Findings | None:
+    """``[(module path, what)]`` of functional activations in ``net``'s forward code.
+
+    Traces with ``torch.fx`` (no data needed). Returns None when the network cannot be
+    traced (data-dependent control flow); then :func:`check_by_running` is used.
+    Also reports activation *modules* called more than once per forward.
+    """
+    scan = _scan(net)
+    return None if scan is None else scan[0]
+
+
+def find_nonlinear_operations(net: nn.Module) -> Findings | None:
+    """``[(module path, what)]`` of non-linear operations other than the activations in
+    ``net``'s forward code (``F.max_pool2d``, ``torch.clamp``, ``Tensor.floor``, a softmax,
+    ...), which a converted network would apply to each step's spikes instead of their
+    rates. Outside activation modules only (a constraint's own clamp is its business).
+    None when the network cannot be traced."""
+    scan = _scan(net)
+    return None if scan is None else scan[1]
+
+
+def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Findings]:
+    """Run ``net`` once and catch functional activations and reused activation modules, and
+    non-linear operations (as :func:`find_nonlinear_operations`): ``(activations, non-linear)``."""
+    found, nonlinear, stack, calls = [], [], [""], {}
     names = {m: n for n, m in net.named_modules()}
 
     class Spy(torch.overrides.TorchFunctionMode):
@@ -76,6 +122,8 @@ def check_by_running(net: nn.Module, example: Tensor) -> list[tuple[str, str]]:
             name = getattr(func, "__name__", "")
             if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
                 found.append((stack[-1], name))
+            elif name in _NONLINEAR_NAMES:
+                nonlinear.append((stack[-1], name))
             return func(*args, **(kwargs or {}))
 
     def pre(m, _):
@@ -95,7 +143,11 @@ def check_by_running(net: nn.Module, example: Tensor) -> list[tuple[str, str]]:
     finally:
         for h in handles:
             h.remove()
-    # the constraints' own forward uses relu/clamp internally: not a functional activation
-    found = [(p, w) for p, w in found if not any(p == names[m] for m in activation_modules)]
+    # the constraints' own forward uses relu/clamp internally: not a functional activation; the
+    # layers the converter checks as modules (MaxPool, norms) run their own functionals
+    inside = {names[m] for m in activation_modules}
+    found = [(p, w) for p, w in found if p not in inside]
     found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]
-    return found
+    leaves = {n for n, m in net.named_modules() if len(m._modules) == 0}
+    nonlinear = [(p, w) for p, w in nonlinear if p not in inside and p not in leaves]
+    return found, nonlinear

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from snncutoff import IF, ConversionError, constraints
-from snncutoff.convert import calibrate_thresholds, convert_ann, find_functional_activations
+from snncutoff.convert import calibrate_thresholds, convert_ann
+from snncutoff.graph import find_functional_activations
 
 from .helpers import random_batches, small_ann
 
@@ -83,6 +84,84 @@ def test_untraceable_net_is_checked_by_running_it():
     assert [a.path for a in acts] == ["act"]
     with pytest.raises(ConversionError, match="example_input"):
         convert_ann(Untraceable(functional=False), Probe, IF(threshold=1.0))
+
+
+class _GradFloor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.floor()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class UpstreamQCFS(nn.Module):
+    """The SNNCutoff code's QCFSConstrs activation (ReLU, floor with a straight-through gradient, clamp), re-typed."""
+
+    def __init__(self, levels: int = 4, vthr: float = 1.0):
+        super().__init__()
+        self.vthr, self.L, self.relu = nn.Parameter(torch.tensor([vthr])), levels, nn.ReLU()
+
+    def forward(self, x):
+        x = self.relu(x) / self.vthr
+        x = _GradFloor.apply(x * self.L + 0.5) / self.L
+        return torch.clamp(x, 0, 1) * self.vthr
+
+
+class Functional(nn.Module):
+    """A conv, a ReLU module and then ``op`` in forward code."""
+
+    def __init__(self, op, untraceable: bool = False):
+        super().__init__()
+        self.c, self.act, self.op, self.untraceable = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), op, untraceable
+
+    def forward(self, x):
+        if self.untraceable and x.sum() > 1e9:  # data-dependent control flow: fx cannot trace this
+            return x
+        return self.op(self.act(self.c(x))).flatten(1).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("untraceable", [False, True])
+@pytest.mark.parametrize("op, what", [
+    (lambda h: F.max_pool2d(h, 2), "max_pool2d"),
+    (lambda h: F.adaptive_max_pool2d(h, 1), "adaptive_max_pool2d"),
+    (lambda h: torch.clamp(h, max=0.5), "clamp"),
+    (lambda h: torch.minimum(h, torch.ones_like(h)), "minimum"),
+    (lambda h: torch.max(h, h.flip(0)), "max"),
+    (lambda h: h.floor(), "floor"),
+    (lambda h: h.softmax(1), "softmax"),
+])
+def test_nonlinear_operations_in_forward_are_refused(op, what, untraceable):
+    # the same operation as a module is refused (MaxPool) or impossible: its functional form must be too
+    net = nn.Sequential(Functional(op, untraceable), nn.Linear(1, 2))
+    x = torch.rand(3, 1, 4, 4)
+    # (run, not traced, a clamp cannot be told from Tensor.clamp(min=0), a ReLU: either refusal will do)
+    refusal = rf"'0' .*uses .*{what}" + ("" if untraceable and what == "clamp" else ".*non-linear")
+    with pytest.raises(ConversionError, match=refusal):
+        convert_ann(net, Probe, IF(threshold=1.0), example_input=x)
+
+
+def test_upstream_qcfs_module_is_refused_with_the_replacement():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), UpstreamQCFS(), nn.Flatten(), nn.Linear(2 * 2 * 2, 2))
+    with pytest.raises(ConversionError, match=r"'1' \(UpstreamQCFS\) uses .*floor.*constraints\.QCFS"):
+        convert_ann(net, Probe, IF(threshold=1.0))
+
+
+def test_linear_operations_in_forward_still_convert():
+    # mean pooling, a residual add, scaling, concatenation and reshapes are linear: kept
+    class Linearish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.c(x))
+            h = F.avg_pool2d(h, 2) + 0.5 * F.avg_pool2d(h, 2)
+            return torch.cat([h.mean((2, 3)), h.flatten(1).sum(1, keepdim=True)], 1).view(x.shape[0], -1)
+
+    snn, acts = convert_ann(nn.Sequential(Linearish(), nn.Linear(3, 2)), Probe, IF(threshold=1.0))
+    assert [a.path for a in acts] == ["0.act"]
 
 
 def test_maxpool_needs_avg():
