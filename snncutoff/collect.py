@@ -210,10 +210,13 @@ def collect_trace(
                     out = backend.run(net, x_seq, readout, whole)
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # torch's shape errors vary
                 hint = ""
-                if whole:
-                    hint = (" A network run on whole sequences gets [T, N, ...] per call: a forward that flattens "
-                            "with x.view(x.size(0), -1) or torch.flatten(x, 1) treats T as the batch (use "
-                            "nn.Flatten modules, or convert with step_mode='s').")
+                if whole and "readout" not in str(exc):  # (a readout's own message says what to do)
+                    hint = (" A network run on whole sequences gets [T, N, ...] per call. If its forward makes "
+                            "the time steps itself (x.unsqueeze(0).repeat(T, ...)), pass encoder='none' so it "
+                            "gets the plain batch, or pass the inner module that takes [T, N, ...] (it must "
+                            "return every step's output, not their mean). A forward that flattens with "
+                            "x.view(x.size(0), -1) or torch.flatten(x, 1) treats T as the batch (use nn.Flatten "
+                            "modules, or convert with step_mode='s').")
                 raise ValueError(
                     f"running {type(net).__name__} on the encoded batch of shape {tuple(x_seq.shape)} "
                     f"(time-major [T, N, ...], encoder={encoder!r}, multistep={whole}) failed: {exc}.{hint}"
