@@ -178,13 +178,13 @@ def test_a_non_strict_rule_passes_an_infinite_threshold_on_line_too():
     out = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[5.0, 0.0, 0.0], [0.0, 2.0, 0.0]],
                         [[6.0, 0.0, 0.0], [0.0, 3.0, 0.0]]])
     tr = Trace(out, torch.tensor([0, 1]))
-    p = Conformal(alpha=0.0, max_set_size=3).fit(tr)
+    p = Conformal(alpha=0.0, max_set_size=3, quantile="snncutoff").fit(tr)  # the non-strict set s < q
     assert p.quantile_.tolist() == [math.inf] * 3
     assert p.evaluate(tr).exit_step.tolist() == [1, 1]
     assert p.exit_now(0, out[0]).tolist() == [True, True]
     assert p.exit_block(0, out[:2]).tolist() == [[True, True], [True, True]]
     assert p.exit_now(torch.tensor([0, 1]), out[0]).tolist() == [True, True]
-    two = Conformal(alpha=0.0, max_set_size=2).fit(tr)  # the third smallest is finite: never >= +inf
+    two = Conformal(alpha=0.0, max_set_size=2, quantile="snncutoff").fit(tr)  # finite third smallest: never >= +inf
     assert two.evaluate(tr).exit_step.tolist() == [3, 3]
     assert two.exit_block(0, out[:2]).tolist() == [[False, False], [False, False]]
 

@@ -202,7 +202,8 @@ def test_conformal_set_size_rule(quantile):
     assert p.evaluate(tr).exit_step.tolist() == ([2] if quantile == "split" else [1])
     p3 = Conformal(alpha=0.0, max_set_size=3, quantile=quantile).fit(tr)  # a set never exceeds C = 3
     assert p3.evaluate(tr).exit_step.tolist() == [1]
-    assert p3.quantile_.tolist() == [-math.inf, -math.inf]
+    assert p3.quantile_.tolist() == ([-math.inf] * 2 if quantile == "split" else [math.inf] * 2)
+    assert p3.exit_now(0, out[0]).tolist() == [True] and p3.exit_block(0, out).tolist() == [[True], [True]]
 
 
 def test_conformal_split_set_covers_ties():

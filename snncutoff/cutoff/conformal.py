@@ -54,7 +54,7 @@ class Conformal(CutoffPolicy):
 
     Attributes:
         quantile_: ``[T]`` float nonconformity thresholds (``+inf``: the set is every label;
-            ``-inf`` when ``max_set_size >= C``: any set qualifies).
+            ``-inf`` with ``quantile="split"`` when ``max_set_size >= C``: any set qualifies).
         T_: number of steps of the calibration trace.
     """
 
@@ -85,8 +85,8 @@ class Conformal(CutoffPolicy):
         if self.correction == "bonferroni":
             alphas = [a / T for a in alphas]
         thresholds = conformal_thresholds(calibration.label_nonconformity(), alphas, self.quantile)
-        if self.max_set_size >= calibration.C:  # a set never exceeds C labels: every step lets samples exit
-            thresholds.fill_(-math.inf)
+        if self.strict and self.max_set_size >= calibration.C:  # a set never exceeds C labels: every step
+            thresholds.fill_(-math.inf)  # lets samples exit (s_(k+1) = +inf > -inf; the reference's +inf >= q holds)
         return thresholds
 
     def risk_grid(self, T: int) -> list[float]:
