@@ -7,8 +7,15 @@ from types import SimpleNamespace
 
 INSTALL_HINT = "install snnTorch: pip install 'snntorch>=0.9.4,<2' (./install.sh does it)"
 
-#: state attributes snnTorch neurons keep between calls
-STATE_NAMES = ("mem", "syn", "spk", "syn_exc", "syn_inh")
+#: state attributes snnTorch neurons keep between calls (``mem_prev``: DeltaLeaky's previous membrane)
+STATE_NAMES = ("mem", "syn", "spk", "syn_exc", "syn_inh", "mem_prev")
+
+#: stepped neurons whose state protocol the adapter follows (checked on the sources of 0.9.4 and 1.0.0):
+#: ``reset_mem()`` zeroes the state (keeping its shape) and ``forward`` re-creates a state whose shape is not
+#: the input's (so any batch size follows); ``DeltaLeaky`` (1.0) keeps ``mem`` and ``mem_prev``, re-created only
+#: when ``mem`` is None, which is what its ``reset_mem()`` leaves
+MANAGED_NEURONS = ("Leaky", "Synaptic", "Alpha", "Lapicque", "RLeaky", "RSynaptic", "SLSTM", "SConv2dLSTM",
+                   "DeltaLeaky")
 
 
 @lru_cache(maxsize=1)
@@ -25,5 +32,8 @@ def snn() -> SimpleNamespace:
     # neurons that process a whole time-major sequence per call (those the installed version has)
     sequence = tuple(c for c in (getattr(snntorch, n, None) for n in
                                  ("LeakyParallel", "LeakyKernel", "StateLeaky", "AssociativeLeaky")) if c is not None)
+    managed = tuple(c for c in (getattr(snntorch, n, None) for n in MANAGED_NEURONS) if c is not None)
+    delta = getattr(snntorch, "DeltaLeaky", None)  # 1.0 only
     return SimpleNamespace(snntorch=snntorch, SpikingNeuron=snntorch.SpikingNeuron, Leaky=snntorch.Leaky,
-                           sequence_neurons=sequence, version=version)
+                           sequence_neurons=sequence, managed_neurons=managed,
+                           delta_neurons=(delta,) if delta is not None else (), version=version)

@@ -2,9 +2,14 @@
 
 State is reset per network, never through ``snntorch.utils.reset`` (it resets every
 instance of a class in the process and skips nested modules): every snnTorch neuron
-found in ``net.modules()`` gets ``reset_mem()``, and snncutoff's own neuron wrappers
-their ``reset()``. ``select`` indexes ``mem`` / ``syn`` / ``spk`` along the batch
-dimension (snnTorch silently zeroes a state whose shape no longer matches the input).
+found in ``net.modules()`` gets its own ``reset_mem()``, and snncutoff's own neuron wrappers
+their ``reset()``. That leaves each neuron in the state its own ``forward`` starts from at
+any batch size: most zero their state and re-create it when its shape is not the input's;
+``DeltaLeaky`` (1.0) sets it to None, the only state it re-creates. ``select`` / ``admit``
+/ ``reset_rows`` index, extend or fill ``mem`` / ``syn`` / ``spk`` / ``syn_exc`` /
+``syn_inh`` / ``mem_prev`` along the batch dimension (snnTorch states start at zero); a
+selection that keeps no row resets the neuron instead (an empty ``DeltaLeaky`` state would
+not be re-created for the samples admitted next).
 
 Users' own networks: an ``nn.Sequential`` of layers and ``Leaky(init_hidden=True)``
 neurons (last one ``output=True``) is stepped like any other net (its output
@@ -100,7 +105,11 @@ class SnnTorchBackend(Backend):
         if isinstance(module, (IFNeuron, LIFNeuron)):
             module.reset()
             return
-        for name in STATE_NAMES:
+        reset_mem = getattr(module, "reset_mem", None)
+        if callable(reset_mem):  # the neuron's own reset: the state its forward starts from at any batch size
+            reset_mem()
+            return
+        for name in STATE_NAMES:  # a neuron without reset_mem: zero what it holds
             value = getattr(module, name, None)
             if isinstance(value, Tensor):
                 setattr(module, name, torch.zeros_like(value))
@@ -109,6 +118,9 @@ class SnnTorchBackend(Backend):
         if isinstance(module, (IFNeuron, LIFNeuron)):
             if module.mem is not None:
                 module.mem = module.mem.index_select(0, keep.to(module.mem.device))
+            return
+        if keep.numel() == 0:  # no row left: back to the state the neuron starts any batch from
+            self.reset_module(module)
             return
         for name in STATE_NAMES:
             value = getattr(module, name, None)
@@ -153,8 +165,71 @@ class SnnTorchBackend(Backend):
         mem = getattr(lif, "mem", None)
         if not isinstance(mem, Tensor) or mem.numel() == 0:
             return None
+        if isinstance(lif, snn().delta_neurons):  # DeltaLeaky never resets: its mem is the membrane
+            return mem
         mechanism = int(getattr(lif, "reset_mechanism_val", 2))
         if mechanism == 2:  # none
             return mem
         spk = lif.fire(mem) / lif.graded_spikes_factor
         return mem - spk * lif.threshold if mechanism == 0 else mem * (1 - spk)
+
+    def _readout(self, net: nn.Module, out: Any, readout: Any) -> Tensor:
+        """``DeltaLeaky`` returns ``(spk, (mem, mem_prev))``: its membrane (``readout="membrane"``) is ``mem``."""
+        if (isinstance(readout, str) and readout == "membrane" and isinstance(out, (tuple, list)) and out
+                and isinstance(out[-1], (tuple, list))):
+            if not out[-1] or not isinstance(out[-1][0], Tensor):
+                raise ValueError(f"readout='membrane': {type(net).__name__}'s output ends in a "
+                                 f"{type(out[-1]).__name__} with no membrane tensor first; pass readout= a callable")
+            out = (*out[:-1], out[-1][0])
+        return super()._readout(net, out, readout)
+
+    def step(self, net: nn.Module, x_t: Tensor, readout: Any = "auto") -> Tensor:
+        try:
+            return super().step(net, x_t, readout)
+        except RuntimeError as exc:
+            better = self._explained(net, exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    def step_sequence(self, module: nn.Module, x_seq: Tensor) -> Any:
+        """Stacked per-step outputs; nested tuples too (``DeltaLeaky``'s ``(spk, (mem, mem_prev))``)."""
+        try:
+            return _stack([module(x_seq[t]) for t in range(x_seq.shape[0])])
+        except RuntimeError as exc:
+            better = self._explained(module, exc)
+            if better is exc:
+                raise
+            raise better from exc
+
+    def _explained(self, net: nn.Module, exc: RuntimeError) -> RuntimeError:
+        """``exc``, naming a neuron whose state the adapter may not manage when the failure is a size mismatch."""
+        if "must match the size" not in str(exc):
+            return exc
+        s = snn()
+        odd = [(n, type(m).__name__) for n, m in net.named_modules()
+               if isinstance(m, s.SpikingNeuron) and not isinstance(m, s.sequence_neurons) and not _managed(m)]
+        if not odd:
+            return exc
+        name, cls = odd[0]
+        known = ", ".join(c.__name__ for c in s.managed_neurons)
+        return RuntimeError(
+            f"{exc}. The snnTorch neuron '{name}' ({cls}) is not one whose state snncutoff knows how to reset and "
+            f"resize ({known}): snncutoff resets a neuron with its reset_mem() and drops or adds batch rows of "
+            f"{'/'.join(STATE_NAMES)}, so its forward must re-create its state when the batch size changes, as "
+            "snn.Leaky does (or keep its state in those attributes)"
+        )
+
+
+def _stack(outs: list[Any]) -> Any:
+    if isinstance(outs[0], (tuple, list)):
+        return tuple(_stack(list(parts)) for parts in zip(*outs))
+    return torch.stack(outs)
+
+
+def _managed(module: nn.Module) -> bool:
+    """Whether ``module`` steps and resets as one of the neuron classes the adapter knows (a subclass that
+    overrides neither ``forward`` nor ``reset_mem`` counts)."""
+    cls = type(module)
+    return any(cls.forward is k.forward and getattr(cls, "reset_mem", None) is getattr(k, "reset_mem", None)
+               for k in snn().managed_neurons)
