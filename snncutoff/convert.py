@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Constraint
-from .graph import _scan, check_by_running, is_activation, is_empty_sequential
+from .graph import _scan, check_by_running, is_activation, is_dropout, is_empty_sequential
 from .spec import IF
 from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
@@ -41,7 +41,6 @@ SUPPORTED: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool1d, nn.AvgPool2d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Unflatten, nn.Identity,
 )
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 class ConversionError(ValueError):
     """The ANN cannot be converted as it is; the message names the layer and the fix."""
@@ -167,7 +166,7 @@ def _first_example(calibration: Iterable | None, example_input: Tensor | None) -
 def _unsupported(ann: nn.Module, maxpool: str) -> tuple[str, nn.Module] | None:
     """The first layer the inference conversion cannot turn into a spiking equivalent, or None."""
     for path, m in ann.named_modules():
-        if m is ann or is_activation(m) or isinstance(m, _DROPOUT) or is_empty_sequential(m):
+        if m is ann or is_activation(m) or is_dropout(m) or is_empty_sequential(m):
             continue
         if isinstance(m, _MAXPOOL):
             if maxpool != "avg":
@@ -345,7 +344,7 @@ def convert_ann(
             path = f"{prefix}.{name}" if prefix else name
             if is_activation(child):
                 new = neuron(child, path)
-            elif isinstance(child, _DROPOUT) or is_empty_sequential(child):
+            elif is_dropout(child) or is_empty_sequential(child):
                 new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
             elif isinstance(child, _MAXPOOL):
                 new = map_layer(_avg_of(child)) if map_layer else _avg_of(child)

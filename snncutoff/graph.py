@@ -45,16 +45,37 @@ def is_empty_sequential(m: nn.Module) -> bool:
     return type(m) is nn.Sequential and len(m) == 0
 
 
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def is_dropout(m: nn.Module) -> bool:
+    """A dropout layer, the identity at inference: torch's, or a framework's leaf layer named
+    ``Dropout*`` with a float rate ``p`` (SpikingJelly's ``layer.Dropout``, which keeps its mask
+    as step state but is no neuron)."""
+    return isinstance(m, _DROPOUT) or (type(m).__name__.startswith("Dropout") and not m._modules
+                                       and isinstance(getattr(m, "p", None), float))
+
+
 def is_activation(m: nn.Module) -> bool:
     """An ``nn.ReLU`` or a constraint activation: what the converter turns into a neuron."""
     return type(m) is nn.ReLU or isinstance(m, Activation)
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _is_torch_layer(m: nn.Module) -> bool:
+    """A torch.nn layer or a subclass of one (SpikingJelly's ``layer.Conv2d``, ``layer.MaxPool2d``...)."""
+    return not isinstance(m, _CONTAINERS) and any(
+        c is not nn.Module and c.__module__.startswith("torch.nn.") for c in type(m).__mro__)
+
+
 class _Tracer(torch.fx.Tracer):
-    """fx tracer that keeps constraint activations whole (their own forward uses relu)."""
+    """fx tracer that keeps constraint activations and torch layers (subclasses too) whole: their
+    own forward (relu in a constraint, max pooling in a MaxPool) is checked as a module."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Activation) or super().is_leaf_module(m, qualname)
+        return isinstance(m, Activation) or _is_torch_layer(m) or super().is_leaf_module(m, qualname)
 
 
 Findings = list[tuple[str, str]]

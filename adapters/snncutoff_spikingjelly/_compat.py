@@ -11,7 +11,7 @@ import importlib
 import inspect
 import logging
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import ModuleType, SimpleNamespace
 
 INSTALL_HINT = (
@@ -100,3 +100,61 @@ def cupy_available() -> tuple[bool, str]:
     except ImportError:
         return False, "cupy is not installed (pip install cupy-cuda12x, matching your CUDA)"
     return True, ""
+
+
+_SINGLE_STEP = ("single_step_forward", "single_step_functional_forward",
+                "neuronal_charge", "neuronal_fire", "neuronal_reset")
+_MULTI_STEP = ("multi_step_forward", "multi_step_functional_forward")
+
+
+def multistep_matches_steps(module: object) -> bool:
+    """Whether ``module`` (a SpikingJelly ``MemoryModule``) in multi-step mode computes what stepping it
+    one step at a time computes, judged from where its methods are defined (never from its name).
+
+    A multi-step method (``multi_step_forward``, 2.x's ``multi_step_functional_forward``) is
+    trusted when it is SpikingJelly's generic one (``MemoryModule`` / ``BaseNode`` /
+    ``SimpleBaseNode``: a loop over the single step, or a delegation to the functional
+    forward, itself a loop), or when it is defined in the class that defines every
+    single-step method (``single_step_forward``, ``single_step_functional_forward``, the
+    ``neuronal_*`` hooks) or in a subclass of it, i.e. written knowing them. It is not
+    when a subclass overrides a single step but inherits a specialised multi-step kernel
+    (2.x's ``LIAFNode``: ``act(v)`` in single steps, LIF spikes in multi-step mode).
+    """
+    if any(name in vars(module) for name in _SINGLE_STEP + _MULTI_STEP):  # patched on the instance
+        return False
+    return _class_matches(type(module))
+
+
+@cache
+def _class_matches(cls: type) -> bool:
+    m = sj()
+    generic = tuple(c for c in (m.base.MemoryModule, getattr(m.neuron, "BaseNode", None),
+                                getattr(m.neuron, "SimpleBaseNode", None)) if c is not None)
+    for multi in _MULTI_STEP:
+        cm = _definer(cls, multi)
+        if cm is None:
+            continue
+        if cm in generic:
+            if multi == "multi_step_forward" and not _calls(cm.__dict__[multi], "single_step_forward"):
+                # 2.x: the generic multi-step forward goes through the functional forward, past an
+                # overridden single_step_forward
+                cs = _definer(cls, "single_step_forward")
+                if cs is not None and cs not in generic and not issubclass(cm, cs):
+                    return False
+            continue
+        for single in _SINGLE_STEP:
+            cs = _definer(cls, single)
+            if cs is not None and not issubclass(cm, cs):
+                return False
+    return True
+
+
+def _definer(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO whose body defines ``name``, or None."""
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+def _calls(fn: object, name: str) -> bool:
+    """Whether the code of ``fn`` refers to the attribute ``name`` (e.g. calls ``self.name(...)``)."""
+    code = getattr(inspect.unwrap(fn), "__code__", None) if callable(fn) else None
+    return code is not None and name in code.co_names

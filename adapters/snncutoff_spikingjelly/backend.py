@@ -28,7 +28,7 @@ from snncutoff.record import Recorder
 from snncutoff.spec import LIF
 from snncutoff.validation import check_choice
 
-from ._compat import INSTALL_HINT, cupy_available, set_cuda_implementation, sj
+from ._compat import INSTALL_HINT, cupy_available, multistep_matches_steps, set_cuda_implementation, sj
 from .neurons import ScaledNeuron, if_neuron, lif_neuron
 
 log = logging.getLogger("snncutoff.spikingjelly")
@@ -188,14 +188,23 @@ class SpikingJellyBackend(Backend):
         return getattr(module, "step_mode", "s") == "m"
 
     def map_layer(self, layer: nn.Module, step_mode: str) -> nn.Module:
-        return sj().layer.SeqToANNContainer(layer) if step_mode == "m" else layer
+        """Multi-step: ``nn.*`` layers run inside a ``SeqToANNContainer``; SpikingJelly's own layers
+        (``layer.Conv2d``..., which have a ``step_mode``) are kept and switched to multi-step."""
+        if step_mode != "m" or hasattr(layer, "step_mode"):
+            return layer
+        return sj().layer.SeqToANNContainer(layer)
 
     def set_step_mode(self, net: nn.Module, step_mode: str) -> nn.Module:
-        """Set every SpikingJelly module of ``net`` to ``"s"`` or ``"m"`` (and the GPU kernel)."""
+        """Set every SpikingJelly module of ``net`` to ``"s"`` or ``"m"`` (and the GPU kernel).
+
+        As SpikingJelly 2.x does (0.0.0.0.14 does not), the modules inside step-wise and recurrent
+        containers (``SeqToANNContainer``, ``MultiStepContainer``, ...) are left as they are: the
+        container gives them single steps (or ``[T * N, ...]`` rows)."""
         check_choice("step_mode", step_mode, ("s", "m"))
         m = sj()
+        inner = _inside_step_containers(net)
         for mod in net.modules():
-            if hasattr(mod, "step_mode"):
+            if hasattr(mod, "step_mode") and id(mod) not in inner:
                 mod.step_mode = step_mode
         if m.legacy:
             backend = self.kernel() if step_mode == "m" else "torch"
@@ -232,15 +241,25 @@ class SpikingJellyBackend(Backend):
 
     def step_sequence(self, module: nn.Module, x_seq: Tensor) -> Any:
         """A single-step neuron (or a :class:`ScaledNeuron`) runs the block in SpikingJelly's
-        multi-step mode, one call (the same update as k single steps); anything else steps."""
+        multi-step mode, one call, when that mode is known to make the same update as k single
+        steps (:meth:`multistep_matches_steps`); anything else steps."""
         node = module.node if isinstance(module, ScaledNeuron) else module
-        if not (self.is_spiking(node) and getattr(node, "step_mode", None) == "s"):
+        if not (self.is_spiking(node) and getattr(node, "step_mode", None) == "s"
+                and self.multistep_matches_steps(node)):
             return super().step_sequence(module, x_seq)
         node.step_mode = "m"
         try:
             return module(x_seq)
         finally:
             node.step_mode = "s"
+
+    @staticmethod
+    def multistep_matches_steps(module: nn.Module) -> bool:
+        """Whether ``module`` in SpikingJelly's multi-step mode computes what stepping it one step at
+        a time computes: True for IF, LIF, PLIF and the nodes that keep SpikingJelly's own pairing of
+        single- and multi-step code; False where a subclass overrides a single step but inherits a
+        specialised multi-step kernel (2.x ``LIAFNode``: ``act(v)`` per step, spikes multi-step)."""
+        return multistep_matches_steps(module)
 
     @contextmanager
     def record(self, net: nn.Module, store: bool = False, membrane: bool = False, multistep: bool | None = None,
@@ -300,3 +319,16 @@ def _fresh_rows(module: nn.Module, name: str, value: Tensor, n: int) -> Tensor:
     raise ValueError(f"{type(module).__name__} memory {name!r} resets to {type(init).__name__} {init!r:.40}, "
                      "which has no per-sample rows: refill cannot start samples in it; use refill=False")
 
+
+_STEP_CONTAINERS = ("StepModeContainer", "SeqToANNContainer", "MultiStepContainer", "TLastMultiStepContainer",
+                    "TLastSeqToANNContainer", "ElementWiseRecurrentContainer", "LinearRecurrentContainer")
+
+
+def _inside_step_containers(net: nn.Module) -> set[int]:
+    """``id`` of every module below one of SpikingJelly's step-wise or recurrent containers."""
+    kinds = tuple(c for c in (getattr(sj().layer, name, None) for name in _STEP_CONTAINERS) if isinstance(c, type))
+    inner: set[int] = set()
+    for mod in net.modules():
+        if isinstance(mod, kinds) and id(mod) not in inner:
+            inner.update(id(sub) for sub in mod.modules() if sub is not mod)
+    return inner

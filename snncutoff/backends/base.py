@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..convert import ConversionError, ConvertedActivation, convert_ann, convert_for_training
+from ..graph import is_dropout
 from ..layers import TEBN
 from ..record import Recorder
 from ..spec import IF, LIF
@@ -249,13 +250,18 @@ class Backend(ABC):
         """A network that already holds spiking neurons is not an ANN to convert."""
         from .registry import recognising
 
-        mine = sorted({type(m).__name__ for m in ann.modules() if self.is_spiking(m) or self.is_stateful(m)})
+        mine = sorted({type(m).__name__ for m in ann.modules() if self.holds_neurons(m)})
         other = None if mine else recognising(ann, exclude=self.name)
         if mine or other:
             kind = ", ".join(mine[:3]) if mine else other[2]
             raise ConversionError(
                 f"{type(ann).__name__} already holds spiking neurons ({kind}): it is an SNN, not an ANN to convert. "
                 "Convert the ANN it came from, or pass this network to collect_trace / early_exit as it is")
+
+    def holds_neurons(self, module: nn.Module) -> bool:
+        """Whether ``module`` makes a network an SNN: a spiking neuron, or other step state (a
+        synapse filter, a delay), but not a dropout layer's mask (SpikingJelly's ``layer.Dropout``)."""
+        return self.is_spiking(module) or (self.is_stateful(module) and not is_dropout(module))
 
     def stateful_modules(self, net: nn.Module) -> list[nn.Module]:
         """Every module of ``net`` holding state across steps."""

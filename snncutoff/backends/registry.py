@@ -103,7 +103,7 @@ def recognising(net: nn.Module, exclude: str = "") -> tuple[str, str, str] | Non
         if name == exclude or not available(name)[0]:
             continue
         b = get(name)
-        found = sorted({type(m).__name__ for m in net.modules() if b.is_stateful(m) or b.is_spiking(m)})
+        found = sorted({type(m).__name__ for m in net.modules() if b.holds_neurons(m)})
         if found:
             return name, b.name, ", ".join(found[:3])
     return None
