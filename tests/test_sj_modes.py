@@ -32,6 +32,8 @@ def _graded_node_class():
 def _node(kind: str) -> nn.Module:
     m = sj()
     if kind == "liaf":
+        if m.legacy:  # its __init__ asserts on single_step_cupy_fp32_inference, which LIFNode lacks there
+            pytest.skip("SpikingJelly 0.0.0.0.14's LIAFNode cannot be built")
         return m.neuron.LIAFNode(act=nn.ReLU(), threshold_related=False, surrogate_function=m.surrogate.ATan())
     if kind == "graded":
         return _graded_node_class()(tau=2.0, surrogate_function=m.surrogate.ATan())
@@ -54,7 +56,7 @@ def test_rule_keeps_the_usual_neurons_multi_step_and_steps_the_others():
     n = sj().neuron
     for node in (n.IFNode(), n.LIFNode(), n.ParametricLIFNode()):
         assert b.multistep_matches_steps(node), type(node).__name__
-    for kind in ("liaf", "graded"):
+    for kind in ("graded",) if sj().legacy else ("liaf", "graded"):
         assert not b.multistep_matches_steps(_node(kind)), kind
     patched = n.LIFNode()
     patched.single_step_forward = lambda x: x
