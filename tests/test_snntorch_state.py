@@ -164,3 +164,8 @@ def test_a_neuron_whose_state_cannot_follow_the_batch_is_named():
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Sticky(beta=0.8, init_hidden=True, output=True))
     with pytest.raises(ValueError, match=r"'2' \(Sticky\) is not one whose state snncutoff knows"):
         sc.collect_trace("snntorch", net, _data(), T=3, progress=False)
+    x = torch.cat([b[0] for b in _data()])
+    with pytest.raises(ValueError, match=r"'2' \(Sticky\) is not one whose state") as caught:
+        sc.early_exit("snntorch", net, x, sc.Confidence(0.5), 4)  # samples leave: the batch shrinks
+    for hint in ("Check that each sample", "x.view(batch_size"):  # not the shape hints: the neuron is the cause
+        assert hint not in str(caught.value)

@@ -224,6 +224,8 @@ class Session:
         n = x.shape[1]
         what = (f"running {type(self.net).__name__} for early exit failed on inputs of shape {list(x.shape[1:])} "
                 f"({n} samples): {exc}")
+        if "neuron" in str(exc):  # an adapter's own explanation of a neuron's state: nothing to add
+            return what
         if self.first_batch is not None and n < self.first_batch:
             return (f"{what}. Early exit drops samples from the batch as they exit (it had {self.first_batch}), so "
                     "the network must take any batch size: a forward that reshapes with a fixed batch size, such "
