@@ -378,9 +378,8 @@ class Trainer:
             raise CorruptFileError(f"{path} cannot be resumed from: it lacks {', '.join(missing)} (written by another "
                                    "program or an older snncutoff); delete it to train from the start")
         if ckpt["config"] != asdict(self.config):
-            diff = sorted(k for k in set(ckpt["config"]) | set(asdict(self.config))
-                          if ckpt["config"].get(k) != asdict(self.config).get(k))
-            raise ValueError(f"checkpoint {path} was written with a different config ({', '.join(diff)} differ); "
+            raise ValueError(f"checkpoint {path} was written with a different config "
+                             f"({'; '.join(_differences(ckpt['config'], asdict(self.config)))}); "
                              "resume with the same settings, or delete it to start afresh")
         mismatch = state_dict_mismatch(self.model, ckpt["model"])
         if mismatch:
@@ -392,6 +391,18 @@ class Trainer:
         self.history_ = list(ckpt["history"])
         set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
         return int(ckpt["epoch"])
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """``"key: saved -> now"`` for every setting that differs (the keys of nested dicts such as ``extra`` too)."""
+    out = []
+    for k in sorted(set(saved) | set(now), key=str):
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
+    return out
 
 
 __all__ = ["TrainConfig", "Trainer", "distributed_env", "distributed_init", "load_model", "rng_state",

@@ -88,10 +88,22 @@ def test_train_evaluate_convert(tmp_path):
     res = runner.invoke(main, ["convert", "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "cv"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "| QCFS |" in res.output
-    # a checkpoint that does not match the model is a clear error
-    res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--model", "resnet20", "--T", "2",
-                               "--output-dir", str(tmp_path / "bad")])
-    assert res.exit_code == 1 and "does not match the model" in res.output
+    # a checkpoint trained for another model, or holding out other samples, is a clear error (its calibration
+    # samples would include training samples: no certificate could hold)
+    for args, says in ((["--model", "resnet20"], "--model 'cnn' (asked: 'resnet20')"),
+                       (["--calibration-size", "0.5"], "--calibration-size 0.35 (asked: 0.5)"),
+                       (["--seed", "3"], "--seed 0 (asked: 3)")):
+        res = runner.invoke(main, ["evaluate", "--checkpoint", str(ckpt), *args, "--T", "2",
+                                   "--output-dir", str(tmp_path / "bad")])
+        assert res.exit_code == 1 and says in res.output and "Traceback" not in res.output, res.output
+    # resuming with other settings names them; resuming from a folder with no run is refused
+    res = runner.invoke(main, ["train", "--epochs", "1", "--levels", "2", "--output-dir", str(tmp_path / "tr"),
+                               "--resume", "--quiet"])
+    assert res.exit_code == 1 and "extra.levels: 8 in the checkpoint, 2 now" in res.output, res.output
+    res = runner.invoke(main, ["train", "--epochs", "1", "--output-dir", str(tmp_path / "empty"), "--resume",
+                               "--quiet"])
+    assert res.exit_code == 1 and "holds no run to continue" in res.output, res.output
+    assert not (tmp_path / "empty" / "last.pt").exists()
 
 
 def test_compare_direct_route(tmp_path):
@@ -217,3 +229,8 @@ def test_memory_small(tmp_path):
         assert r["trace_bytes"] == 3 * 40 * 6 * 4 and r["peak_rss"] > 0 and r["topk_ns_per_element"] > 0
     assert (tmp_path / "trace-3x40x6.pt").is_file()
     assert d["variants"]["summary"]["summary_bytes_per_sample_step"] > 0
+
+
+def test_memory_refuses_an_unknown_variant():
+    res = CliRunner().invoke(main, ["memory", "--T", "2", "--N", "4", "--C", "3", "--variants", "memory,foo"])
+    assert res.exit_code == 1 and "unknown 'foo'" in res.output

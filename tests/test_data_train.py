@@ -349,8 +349,26 @@ def test_bad_array_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="must hold arrays 'x' .* it has images"):
         data.load_npz(tmp_path / "other.npz")
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz file"):
+    with pytest.raises(ValueError, match="not a readable .npz file") as caught:
         data.load_npz(tmp_path / "broken.npz")
+    assert "allow_pickle" not in str(caught.value)  # numpy's advice does not apply
+    four = np.zeros((4, 3, 3))
+    with pytest.raises(ValueError, match=r"no sample \(N = 0\)"):
+        data.from_arrays(np.zeros((0, 3, 3)), np.zeros(0, dtype=np.int64))
+    with pytest.raises(ValueError, match="one class only"):
+        data.from_arrays(four, np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"labels must be 0 .. classes - 1.*missing: 0"):
+        data.from_arrays(four, np.array([1, 2, 1, 2]))
+    with pytest.raises(ValueError, match="y must hold integer class labels"):
+        data.from_arrays(four, np.array([1j, 0, 1, 0]))
+    with pytest.raises(ValueError, match="numeric images"):
+        data.from_arrays(four, np.array(["a", "b", "a", "b"]))
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        data.from_arrays(np.full((4, 3, 3), 1e300), np.array([0, 1, 0, 1]))
+    assert data.from_arrays(np.random.rand(8, 3, 3), np.array([True, False] * 4), test_size=2).num_classes == 2
+    np.savez(tmp_path / "one.npz", x=four, y=np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"one\.npz: y holds one class only"):
+        data.load_npz(tmp_path / "one.npz")
     with pytest.raises(data.DatasetNotFoundError, match="no .npz data file"):
         data.load_npz(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="calibration size must be a fraction"):

@@ -227,7 +227,13 @@ def compare(output_dir, quiet, as_json, **kw) -> None:
 @handle_errors
 def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
     """Checkpoint -> SNN per backend -> traces -> every policy (like compare, without training)."""
+    from .config import BenchInputError, check_holdout
+
     cfg = _config(**kw)
+    try:
+        check_holdout(cfg, checkpoint)
+    except BenchInputError as exc:
+        raise BenchError(str(exc)) from exc
     cfg.extra["checkpoint"] = checkpoint
     _compare(cfg, output_dir, quiet, as_json, "evaluate")
 

@@ -150,3 +150,34 @@ def check_config(cfg: BenchConfig) -> list[str]:
         raise BenchInputError("no backend is installed: pip install snntorch, and/or "
                               "pip install --no-deps spikingjelly loguru (./install.sh does both)")
     return usable
+
+
+def holdout_record(cfg: BenchConfig) -> dict:
+    """What a checkpoint written by ``train`` records of its data and model (``TrainConfig.extra``):
+    ``evaluate --checkpoint`` checks that it holds out the same calibration samples (a different
+    ``--calibration-size``, ``--seed`` or data set would calibrate on samples it was trained on)."""
+    return {"dataset": cfg.dataset, "model": cfg.model, "calibration_size": cfg.calibration_size, "seed": cfg.seed,
+            "levels": cfg.levels, "input_size": cfg.input_size}
+
+
+def check_holdout(cfg: BenchConfig, checkpoint: str) -> None:
+    """A ``BenchInputError`` when ``checkpoint`` (written by ``train``) was trained with another hold-out,
+    data set or model than ``cfg`` asks for; nothing when it records none (a checkpoint of your own)."""
+    from snncutoff.io import load_torch
+
+    try:
+        ckpt = load_torch(checkpoint, "snncutoff checkpoint", "point to best.pt or last.pt of a train run")
+    except FileNotFoundError:
+        return  # named by the loader, with the model
+    extra = ckpt.get("config", {}).get("extra") if isinstance(ckpt.get("config"), dict) else None
+    if not isinstance(extra, dict):
+        return
+    mine = holdout_record(cfg)
+    diff = [f"--{k.replace('_', '-')} {extra[k]!r} (asked: {mine[k]!r})" for k in ("dataset", "model",
+            "calibration_size", "seed", "levels", "input_size") if k in extra and extra[k] != mine[k]]
+    if diff:
+        raise BenchInputError(
+            f"{checkpoint} was trained with {', '.join(diff)}: pass the same options, so that the calibration "
+            "samples held out now are the ones held out from its training (with others, some were trained on and "
+            "no certificate holds)")
+

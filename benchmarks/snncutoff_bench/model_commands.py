@@ -22,7 +22,7 @@ from .cli import (
     handle_errors,
     main,
 )
-from .config import POLICIES, BenchInputError, load_split
+from .config import POLICIES, BenchInputError, holdout_record, load_split
 
 
 @main.command()
@@ -54,11 +54,15 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
     out = _output_dir(output_dir, "train")
+    if resume:  # a mistyped folder would silently start over
+        runs = [out / "last.pt"] if cfg.route == "convert" else [out / n / "last.pt" for n in names]
+        if not any(p.is_file() for p in runs):
+            raise BenchError(f"--resume: {out} holds no run to continue ({runs[0]} is missing); check the folder, "
+                             "or leave out --resume to start a new run")
     split = load_split(cfg)
     loaders = split.loaders(cfg.batch_size, seed=cfg.seed)
     tc = cfg.train_config()
-    tc.extra = {"dataset": cfg.dataset, "model": cfg.model, "calibration_size": cfg.calibration_size,
-                "seed": cfg.seed}
+    tc.extra = holdout_record(cfg)
     results = {"schema": "snncutoff-bench/train/1", "command": _command_line(), "config": asdict(cfg), "runs": {}}
     targets = ["ann"] if cfg.route == "convert" else names
     init = build_ann(cfg, split)

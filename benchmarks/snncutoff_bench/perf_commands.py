@@ -168,8 +168,14 @@ def memory(T: int, N: int, C: int, variants: str, folder: str, as_json: bool) ->
 
     from .memory import measure
 
+    chosen = tuple(_split_csv(variants))
+    known = ("memory", "mmap", "summary", "reference")
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
+        raise BenchError(f"--variants: unknown {', '.join(map(repr, unknown)) or 'empty list'}; choose from "
+                         f"{', '.join(known)}")
     click.echo(f"synthetic trace T={T} N={N} C={C}: {T * N * C * 4 / 1e9:.2f} GB", err=True)
-    d = measure(T, N, C, Path(folder), tuple(_split_csv(variants)))
+    d = measure(T, N, C, Path(folder), chosen)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return

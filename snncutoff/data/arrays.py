@@ -21,8 +21,16 @@ def from_arrays(x, y, test_size: int | float = 0.2, seed: int = 0, name: str = "
         test_size: test samples, a count or a fraction.
     Pixels are standardised with the mean and standard deviation of the training images.
     """
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
+    try:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+    except (TypeError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"x must be numeric images and y integer labels (numpy or torch arrays): {exc}") from None
+    if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                                     torch.int32, torch.int64)):
+        raise ValueError(f"x must hold real pixel values (uint8 0-255, or float), got dtype {x.dtype}")
+    if y.is_complex() or not (y.is_floating_point() or y.dtype == torch.bool or y.dtype in (
+            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise ValueError(f"y must hold integer class labels 0 .. classes - 1, got dtype {y.dtype}")
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4:
@@ -31,15 +39,29 @@ def from_arrays(x, y, test_size: int | float = 0.2, seed: int = 0, name: str = "
         raise ValueError(f"images must be square (the models assume H = W), got {x.shape[-2]} x {x.shape[-1]}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must be [N] = [{x.shape[0]}] labels, got shape {tuple(y.shape)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        if not bool((y == y.round()).all()):
-            raise ValueError("y must hold integer class labels, found fractional values")
+    if x.shape[0] == 0:
+        raise ValueError("x and y hold no sample (N = 0)")
+    if y.dtype == torch.bool:
+        y = y.to(torch.uint8)
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError("y must hold integer class labels, found fractional values")
     y = y.long()
     if int(y.min()) < 0:
         raise ValueError(f"labels must be >= 0, found {int(y.min())}")
+    present = torch.unique(y)
+    if present.numel() < 2:
+        raise ValueError(f"y holds one class only ({int(present[0])}): a classifier needs at least two")
+    if present.numel() != int(present[-1]) + 1:  # the class count is the largest label + 1
+        missing = sorted(set(range(min(int(present[-1]) + 1, 10**6))) - set(present.tolist()))
+        raise ValueError(f"labels must be 0 .. classes - 1: y holds {present.numel()} classes with labels up to "
+                         f"{int(present[-1])} (missing: {', '.join(map(str, missing[:5]))}"
+                         f"{', ...' if len(missing) > 5 else ''}); renumber them, e.g. "
+                         "y = numpy.unique(y, return_inverse=True)[1]")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values")
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("x holds NaN or infinite values")
+        raise ValueError("x holds values beyond float32's range (|x| > 3.4e38): rescale the images")
     from sklearn.model_selection import train_test_split
 
     idx = torch.arange(len(y)).numpy()
@@ -71,7 +93,13 @@ def load_npz(path: str | os.PathLike, test_size: int | float = 0.2, seed: int = 
     except (OSError, EOFError, ValueError) as exc:
         if "must hold arrays" in str(exc):
             raise
+        if "allow_pickle" in str(exc):  # numpy's advice for a file that is not a zip of arrays: wrong here
+            exc = "not a .npz archive of arrays (save one with numpy.savez(path, x=images, y=labels))"
         raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
+    try:
+        return from_arrays(x, y, test_size, seed, name=path.stem)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return from_arrays(x, y, test_size, seed, name=path.stem)
 
 
