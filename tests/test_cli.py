@@ -234,3 +234,17 @@ def test_memory_small(tmp_path):
 def test_memory_refuses_an_unknown_variant():
     res = CliRunner().invoke(main, ["memory", "--T", "2", "--N", "4", "--C", "3", "--variants", "memory,foo"])
     assert res.exit_code == 1 and "unknown 'foo'" in res.output
+
+
+def test_too_small_a_calibration_set_is_refused_before_training_and_leaves_no_folder(tmp_path, monkeypatch):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", x=rng.integers(0, 255, (300, 8, 8), dtype=np.uint8), y=np.arange(300) % 3)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["compare", "--dataset", str(tmp_path / "small.npz"), "--quiet",
+                                    "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 1 and "84 calibration samples" in res.output and "at least 460" in res.output
+    assert "--calibration-size" in res.output and "fit_on" not in res.output
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing trained
+    assert not any((tmp_path / "snncutoff-results").glob("compare-*"))  # no empty results folder left

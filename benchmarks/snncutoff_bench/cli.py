@@ -181,8 +181,12 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
         _writable(cache_dir(cfg), "--cache-dir")
     try:
         results, traces = run_compare(cfg, out, quiet=quiet or rank != 0, command=_command_line(), write=rank == 0)
-    except BenchInputError as exc:
-        raise BenchError(str(exc)) from exc
+    except BaseException as exc:
+        if not output_dir and rank == 0 and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder made for this run holds nothing: leave none behind
+        if isinstance(exc, BenchInputError):
+            raise BenchError(str(exc)) from exc
+        raise
     if rank != 0:
         return
     curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
@@ -227,7 +231,7 @@ def compare(output_dir, quiet, as_json, **kw) -> None:
 @handle_errors
 def evaluate(output_dir, quiet, as_json, checkpoint, **kw) -> None:
     """Checkpoint -> SNN per backend -> traces -> every policy (like compare, without training)."""
-    from .config import BenchInputError, check_holdout
+    from .config import check_holdout
 
     cfg = _config(**kw)
     try:

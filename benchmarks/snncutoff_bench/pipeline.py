@@ -25,7 +25,7 @@ from snncutoff.train import Trainer
 
 from . import encoders
 from .ann import ann_accuracy, build_ann, trained_ann
-from .config import BenchConfig, check_config, load_split, log
+from .config import BenchConfig, BenchInputError, check_config, load_split, log
 from .policies import policy_results, sweep_results
 
 
@@ -96,6 +96,13 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command
     names = check_config(cfg)
     t_start = time.perf_counter()
     split = load_split(cfg)
+    need = sc.cutoff.risk.samples_needed(cfg.max_loss, cfg.delta)
+    if len(split.calibration) < need:  # found now, not after training and collecting traces
+        raise BenchInputError(
+            f"{len(split.calibration)} calibration samples (--calibration-size {cfg.calibration_size:g} of "
+            f"{len(split.calibration) + len(split.train)} training samples) cannot certify --max-loss "
+            f"{cfg.max_loss:g} at --delta {cfg.delta:g}: that needs at least {need} even with no loss at all. Raise "
+            "--calibration-size (a fraction, or a count), or --max-loss / --delta, or use more data")
     encoder = "frames" if split.event else encoders.make(cfg.encoder, split.normalization)
     loaders = {"train": split.loader(split.train, cfg.batch_size), "calibration": split.loader(split.calibration,
                cfg.batch_size), "test": split.loader(split.test, cfg.batch_size)}
