@@ -77,6 +77,9 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
 
 def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give a file path to write (e.g. "
+                                f"{path / 'trace.pt'})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

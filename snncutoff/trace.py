@@ -151,6 +151,11 @@ class Trace:
             if index.shape[0] != self.N:
                 raise ValueError(f"a bool mask must have shape [N] = [{self.N}], got {tuple(index.shape)}")
             index = index.nonzero().flatten()
+        if index.is_floating_point():
+            raise TypeError(f"index must hold integer sample indices (or be an [N] bool mask), got {index.dtype}")
+        if index.numel() and not (-self.N <= int(index.min()) and int(index.max()) < self.N):
+            raise IndexError(f"sample indices must lie in [0, N) = [0, {self.N}) (or -N .. -1 from the end), "
+                             f"got {int(index.min())} .. {int(index.max())}")
         index = index.to(self.outputs.device)
         ops = None if self.ops is None else self.ops[:, index.to(self.ops.device)]
         return Trace(self.outputs[:, index], self.labels[index], ops, dict(self.meta))
@@ -311,6 +316,9 @@ class Trace:
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CorruptFileError(f"{path} has trace format {version}, newer than this snncutoff reads "
                                    f"({FORMAT_VERSION}); upgrade snncutoff")
+        if "statistics" in payload and "outputs" not in payload:
+            raise CorruptFileError(f"{path} holds a trace summary (collect_trace(..., keep='summary')), not the "
+                                   "outputs: read it with snncutoff.TraceSummary.load")
         if version is None or "outputs" not in payload or "labels" not in payload:
             keys = ", ".join(map(str, payload))
             raise CorruptFileError(f"{path} is not a snncutoff trace file (keys: {keys}); {fix}")

@@ -163,8 +163,12 @@ def test_too_small_a_calibration_trace_says_how_many_samples_are_needed():
     small = make_trace(T=6, N=300, C=4)
     with pytest.raises(ValueError, match="testing on 300, but max_loss=0.005 at delta=0.1 needs at least 460"):
         RiskControl(Confidence()).fit(small)
-    with pytest.raises(ValueError, match=r"the 300 of 600 calibration samples left after fitting TopKGap"):
+    with pytest.raises(ValueError, match=r"the 300 of 600 calibration samples left after fitting TopKGap.*"
+                                         r"at least 920 held-out samples \(460 left to test"):
         RiskControl(TopKGap()).fit(make_trace(T=6, N=600, C=4))
+    with pytest.raises(ValueError, match=r"testing on 300, .*at least 460 held-out samples") as caught:
+        RiskControl(TopKGap()).fit(small, fit_on=make_trace(T=6, N=300, C=4, seed=1))
+    assert "fit_on" not in str(caught.value)  # given already
 
 
 def test_calibration_and_test_traces_must_have_the_same_T_and_C():

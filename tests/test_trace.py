@@ -138,3 +138,17 @@ def test_half_precision_spike_counts_give_the_float32_results(dtype):
     assert torch.equal(sc.optimal_cutoff(half).exit_step, sc.optimal_cutoff(full).exit_step)
     for rule in (sc.TopKGap(0.0), sc.Stability(2), sc.Timestep(5)):
         assert torch.equal(rule.fit(half).evaluate(half).exit_step, rule.fit(full).evaluate(full).exit_step)
+
+
+def test_subset_save_and_load_errors_say_what_is_wrong(tmp_path):
+    tr = Trace(torch.randn(3, 5, 4), torch.tensor([0, 1, 2, 3, 0]))
+    with pytest.raises(IndexError, match=r"\[0, N\) = \[0, 5\).*got 0 \.\. 10"):
+        tr.subset(torch.tensor([0, 10]))
+    with pytest.raises(TypeError, match="integer sample indices"):
+        tr.subset(torch.tensor([0.0]))
+    assert torch.equal(tr.subset(torch.tensor([-1])).labels, torch.tensor([0]))
+    with pytest.raises(IsADirectoryError, match="is a folder: give a file path"):
+        tr.save(tmp_path)
+    tr.summary().save(tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="holds a trace summary.*TraceSummary.load"):
+        Trace.load(tmp_path / "s.pt")

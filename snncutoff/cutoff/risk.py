@@ -212,11 +212,17 @@ class RiskControl(CutoffPolicy):
             where = "" if fit_part is None or fit_on is not None else (
                 f" (the {test_part.N} of {calibration.N} calibration samples left after fitting "
                 f"{type(rule).__name__} on a share of {self.fit_fraction:g})")
+            if fit_part is None or fit_on is not None:  # every calibration sample tests
+                more = f"calibrate on at least {need} held-out samples (or raise max_loss / delta)"
+            else:
+                total = math.ceil(need / (1 - self.fit_fraction))
+                more = (f"calibrate on at least {total} held-out samples ({need} left to test after the fit), or "
+                        "pass fit_on= a second held-out trace to fit on (then all of these test), or raise "
+                        "max_loss / delta")
             raise ValueError(
                 f"too few calibration samples to certify anything: testing on {test_part.N}{where}, but "
                 f"max_loss={self.max_loss:g} at delta={self.delta:g} needs at least {need} even with no loss at all; "
-                "calibrate on more held-out samples (or pass fit_on=, or raise max_loss / delta)"
-            )
+                f"{more}")
         by_value = rule._thresholds(fit_part, values, T)  # [E, T]
         members = [(s, 0) for s in (range(T, 1, -1) if self.delay else ())] + [(1, i) for i in range(len(values))]
         thresholds = by_value[[i for _, i in members]].clone()
