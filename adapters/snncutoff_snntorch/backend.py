@@ -20,6 +20,8 @@ whose ``forward`` loops over time and returns stacked ``[T, N, C]`` records is r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -184,20 +186,21 @@ class SnnTorchBackend(Backend):
         return super()._readout(net, out, readout)
 
     def step(self, net: nn.Module, x_t: Tensor, readout: Any = "auto") -> Tensor:
-        try:
+        with self._explaining(net):
             return super().step(net, x_t, readout)
-        except RuntimeError as exc:
-            better = self._explained(net, exc)
-            if better is exc:
-                raise
-            raise better from exc
 
     def step_sequence(self, module: nn.Module, x_seq: Tensor) -> Any:
         """Stacked per-step outputs; nested tuples too (``DeltaLeaky``'s ``(spk, (mem, mem_prev))``)."""
-        try:
+        with self._explaining(module):
             return _stack([module(x_seq[t]) for t in range(x_seq.shape[0])])
+
+    @contextmanager
+    def _explaining(self, net: nn.Module) -> Iterator[None]:
+        """Re-raise a failure of ``net`` with :meth:`_explained`'s explanation, where it has one."""
+        try:
+            yield
         except RuntimeError as exc:
-            better = self._explained(module, exc)
+            better = self._explained(net, exc)
             if better is exc:
                 raise
             raise better from exc
