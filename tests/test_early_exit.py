@@ -161,6 +161,52 @@ def test_refill_equals_evaluate(name, capacity, block):
         assert torch.equal(post.ops_at_exit, real.ops_at_exit) and torch.equal(post.labels, real.labels)
 
 
+def test_last_blocks_run_rows_past_T_as_padding_never_seen():
+    """After a refill the last rows stand at different steps; a block runs the rows nearest
+    T past it (their frame index and the rule's step held at T - 1), and nothing computed
+    there is decided on or checked: here sums that are finite up to T overflow one step later."""
+    pytest.importorskip("snntorch")
+    import snntorch as snn
+
+    T, N = 6, 40
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (N,), generator=g)
+    turns = torch.randint(1, T + 1, (N,), generator=g)  # the step at which each sample turns confident
+    frames = torch.zeros(N, T, 2)
+    for i in range(N):
+        if turns[i] < T:
+            frames[i, turns[i] - 1, labels[i]] = 10.0
+    frames[:, T - 1, 0] = 2e38  # finite sums up to step T, past float32's range one step after it
+    data = [(frames[i:i + 16], labels[i:i + 16]) for i in range(0, N, 16)]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False),
+                        snn.Leaky(beta=1.0, threshold=float("inf"), reset_mechanism="none", init_hidden=True,
+                                  output=True))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.eye(2))
+    backend = sc.backends.get("snntorch")
+    trace = sc.collect_trace(backend, net, data, T=T, encoder="frames", readout="membrane", progress=False)
+    clean = frames.clone()
+    clean[:, T - 1] = 0.0
+    cal = sc.collect_trace(backend, net, [(clean, labels)], T=T, encoder="frames", readout="membrane", progress=False)
+    calls = []
+
+    class Logged:
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+        def run_block(self, net, x_seq, readout="auto", plan=None):
+            calls.append(x_seq.shape[0])
+            return backend.run_block(net, x_seq, readout, plan)
+
+    for policy in (Confidence(0.01), TopKGap(0.0).fit(cal)):
+        post = policy.evaluate(trace)
+        assert post.exit_step.unique().numel() >= 4  # exits at many steps: rows drift apart after refills
+        real = sc.early_exit_loader(Logged(), net, data, policy, T=T, encoder="frames", readout="membrane",
+                                    refill=True, capacity=16, progress=False)
+        assert torch.equal(post.exit_step, real.exit_step) and torch.equal(post.predictions, real.predictions)
+    assert calls and max(calls) > 1  # the last rows ran in blocks
+
+
 def test_refill_with_a_users_snntorch_net_and_frames():
     net = snntorch_sequential(2 * 4 * 4, 16, 5)
     backend = sc.backends.get("snntorch")

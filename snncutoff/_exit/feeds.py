@@ -54,6 +54,7 @@ class Payload(Feed):
         if self.direct:
             return payload.unsqueeze(0).expand(k, *payload.shape)
         steps = t_rows.to(payload.device).view(1, -1) + torch.arange(k, device=payload.device).view(-1, 1)
+        steps = steps.clamp_(max=payload.shape[1] - 1)  # padding past a row's last frame (see _block_length)
         return payload[torch.arange(payload.shape[0], device=payload.device).view(1, -1), steps]
 
 

@@ -42,15 +42,16 @@ def resolve_T(policy: CutoffPolicy, T: int | None) -> int:
     return T
 
 
-def _block_length(block: int | str, T: int, t_max: int, running: int, capacity: int, pending: bool) -> int:
+def _block_length(block: int | str, T: int, t_min: int, running: int, capacity: int, pending: bool) -> int:
     """Steps to run before the next decision point (``block="auto"``: see :func:`early_exit`).
 
     One step while new samples may still join (refill); never past the forced exit of
-    the row furthest on (``t_max``)."""
+    the row furthest behind (``t_min``). Rows further on, after a refill, may run past
+    their own forced exit at T: those steps are padding, never decided on (see :func:`_decide`)."""
     if pending:
         return 1
     k = min(max(1, capacity // (2 * running)), max(1, T // 2)) if block == "auto" else block
-    return min(k, T - t_max)
+    return min(k, T - t_min)
 
 
 def check_block(block: int | str) -> int | str:
@@ -260,9 +261,16 @@ class Session:
                          f"got {list(shape)} (readout={self.readout!r})")
 
 
+def _steps(pool: Pool, k: int, device: torch.device) -> Tensor:
+    """``[k, n]``: each row's 0-based step at each step of the block."""
+    return pool.t.to(device).view(1, -1) + torch.arange(k, device=device).view(-1, 1)
+
+
 def _decide(policy: CutoffPolicy, pool: Pool, out: Tensor, k: int, T: int, t_first: int, t_max: int) -> Tensor:
     """``[k, n]`` decisions for the block's k steps (the forced exit at T included); the
-    outputs are finite (checked as the rule sees them) and the steps in range."""
+    outputs are finite (checked as the rule sees them) where steps are in range. Steps
+    past T - 1 (padding after a row's forced exit) may decide anything: every row exits
+    at or before its step T - 1."""
     if t_first == t_max:  # every row at the same step (always, without refill)
         done = policy._exit_block(t_first, out, pool.state, t_first, t_first + k - 1)
         if t_first + k == T:
@@ -271,8 +279,7 @@ def _decide(policy: CutoffPolicy, pool: Pool, out: Tensor, k: int, T: int, t_fir
     done = policy._exit_block(pool.t.to(out.device), out, pool.state, t_first, t_max + k - 1)
     if policy._is_fitted() or t_max + k < T:  # a fitted rule forced the exit at T_ - 1 = T - 1 itself
         return done
-    steps = pool.t.to(out.device).view(1, -1) + torch.arange(k, device=out.device).view(-1, 1)
-    return done | (steps == T - 1)
+    return done | (_steps(pool, k, out.device) == T - 1)
 
 
 @torch.no_grad()
@@ -291,7 +298,7 @@ def exits(backend, net, feed: Feed, policy: CutoffPolicy, T: int, readout, count
             if pool.n == 0:
                 return
             n, (t_first, t_max) = pool.n, pool.span()
-            k = _block_length(session.block, T, t_max, n, feed.capacity, feed.pending)
+            k = _block_length(session.block, T, t_first, n, feed.capacity, feed.pending)
             x = feed.frames(pool.payload, pool.t, k)
             if x is None:
                 raise ValueError(f"frames ended after {t_max} steps with samples still running (T = {T})")
@@ -300,9 +307,11 @@ def exits(backend, net, feed: Feed, policy: CutoffPolicy, T: int, readout, count
             feed.classes = y.shape[-1]
             cum_k = _running_sum(pool.cum, y)
             out = cum_k.to(y.dtype)  # [k, n, C]
-            # the outputs as the rule sees them: a NaN step, or a sum past the dtype's range, stops here
+            # the outputs as the rule sees them: a NaN step, or a sum past the dtype's range, stops here (the
+            # padding past a row's step T, if any, is never seen)
             check_finite(f"outputs at step {t_first}" if k == 1 else f"outputs at steps {t_first}..{t_first + k - 1}",
-                         out, ("k", "n"))
+                         out if t_max + k <= T else torch.where(_steps(pool, k, out.device).unsqueeze(-1) < T, out, 0),
+                         ("k", "n"))
             spent_k = _running_sum(pool.spent, ops) if ops is not None else None
             done = _decide(policy, pool, out, k, T, t_first, t_max)
             pool.t, pool.cum = pool.t + k, cum_k[-1]

@@ -269,7 +269,9 @@ class CutoffPolicy:
     def _exit_block(self, t0: int | Tensor, outputs: Tensor, state: Tensor | None, lo: int, hi: int) -> Tensor:
         """:meth:`exit_block` on checked arguments: finite outputs ``[k, N, C]``, ``t0`` an int
         or a ``[N]`` long tensor on their device, steps ``lo .. hi`` (the earliest and the
-        latest of the block) in range. The early-exit loop, which checked them, calls this."""
+        latest of the block) in range. The early-exit loop, which checked them, calls this;
+        in its last blocks after a refill, rows may run past a fitted rule's last step
+        ``T_ - 1`` (``hi >= T_``): those steps decide as the last one (all exit)."""
         k, n = outputs.shape[:2]
         if self.min_classes > 1:
             check_min_classes(outputs.shape[-1], type(self).__name__)
@@ -291,6 +293,8 @@ class CutoffPolicy:
         steps = None  # [k, N] per-row steps
         if per_row:
             steps = t0.view(1, -1) if k == 1 else t0.view(1, -1) + torch.arange(k, device=outputs.device).view(-1, 1)
+            if fitted and hi >= self.T_:  # padding after the forced exit
+                steps, hi = steps.clamp(max=self.T_ - 1), self.T_ - 1
         if quiet:
             decision = torch.zeros((k, n), dtype=torch.bool, device=outputs.device)
         else:
