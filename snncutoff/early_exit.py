@@ -172,7 +172,9 @@ def early_exit_loader(
     until the data runs out ("continuous batching"; each sample keeps its own step count
     and starts from the initial state, in the rows an exited sample left, nothing else
     moved: :meth:`Backend.reset_rows_module`); then the last samples run in blocks as in
-    :func:`early_exit` (``block``). Exit steps and predictions are the same either way.
+    :func:`early_exit` (``block``), as long as the sample furthest behind needs: a sample
+    that reaches T inside a block runs its remaining steps as padding (its last frame
+    again, never decided on or checked). Exit steps and predictions are the same either way.
     Refill takes any encoder but ``"none"``; a callable one (rate coding) encodes each
     batch as it is read, in the order :func:`snncutoff.collect_trace` does.
 
