@@ -150,6 +150,38 @@ def test_deltaleaky_membrane_readout():
     assert torch.equal(backend.membrane_of(layer), mem)  # no reset to undo: the membrane is mem
 
 
+@pytest.mark.parametrize(("name", "mechanism"), [("Leaky", "subtract"), ("Leaky", "zero"), ("Synaptic", "subtract"),
+                                               ("RLeaky", "subtract"), ("RLeaky", "zero")])
+def test_membrane_readout_without_reset_delay_is_snntorchs_mem(name, mechanism):
+    """With reset_delay=False snnTorch's mem already holds the reset: the membrane readout is mem
+    itself, also where it stays above threshold after a spike (input 2.5 at theta = 1: mem 1.5)."""
+    kw = {"threshold": 1.0, "reset_mechanism": mechanism, "reset_delay": False, "init_hidden": True}
+    make = {"Leaky": lambda: snn.Leaky(beta=1.0, **kw), "Synaptic": lambda: snn.Synaptic(alpha=0.5, beta=1.0, **kw),
+            "RLeaky": lambda: snn.RLeaky(beta=1.0, linear_features=2, **kw)}[name]
+
+    def build() -> nn.Sequential:
+        net = nn.Sequential(nn.Linear(1, 2, bias=False), make())
+        with torch.no_grad():
+            net[0].weight.copy_(torch.tensor([[1.0], [0.5]]))
+        return net
+
+    frames = torch.zeros(3, T, 1)
+    frames[:, 0, 0] = torch.tensor([2.5, 0.7, 1.3])
+    frames[:, 2, 0] = torch.tensor([0.0, 0.9, -0.4])
+    ref, net = build(), build()
+    net.load_state_dict(ref.state_dict())
+    mems = []
+    with torch.no_grad():
+        for t in range(T):
+            ref(frames[:, t])
+            mems.append(ref[1].mem.clone())
+    trace = sc.collect_trace(sc.backends.get("snntorch"), net, [(frames, torch.tensor([0, 1, 0]))], T=T,
+                             encoder="frames", readout="membrane", progress=False)
+    assert torch.equal(trace.outputs, torch.stack(mems).cumsum(0))  # the trace holds the running sum
+    if (name, mechanism) == ("Leaky", "subtract"):
+        assert float(mems[0][0, 0]) == 1.5  # the case a second reset got wrong
+
+
 def test_a_neuron_whose_state_cannot_follow_the_batch_is_named():
     """A custom neuron that keeps its state at the first batch size: the error says which, and why."""
 
