@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Constraint
-from .graph import _scan, check_by_running, is_activation, is_dropout, is_empty_sequential
+from .graph import _scan, check_by_running, is_activation, is_dropout, is_empty_sequential, is_voting
 from .spec import IF
 from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
@@ -171,7 +171,7 @@ def _unsupported(ann: nn.Module, maxpool: str) -> tuple[str, nn.Module] | None:
         if isinstance(m, _MAXPOOL):
             if maxpool != "avg":
                 return path, m
-        elif len(m._modules) == 0 and not isinstance(m, SUPPORTED):
+        elif len(m._modules) == 0 and not isinstance(m, SUPPORTED) and not is_voting(m):
             return path, m
     return None
 
@@ -310,7 +310,8 @@ def convert_ann(
                 "maxpool='avg' to replace it by average pooling (best with an ANN trained with AvgPool)")
         raise ConversionError(
             f"layer '{path}' ({type(layer).__name__}) cannot be converted. Supported layers: "
-            f"{', '.join(c.__name__ for c in SUPPORTED)}, Dropout, MaxPool (with maxpool='avg'), nn.ReLU "
+            f"{', '.join(c.__name__ for c in SUPPORTED)}, Dropout, MaxPool (with maxpool='avg'), SpikingJelly's "
+            "VotingLayer, nn.ReLU "
             "and snncutoff.constraints activations, and containers / custom modules made of them. "
             "Replace the layer, or wrap it in a custom module whose children are supported.")
     snn = copy.deepcopy(ann).eval()
@@ -348,7 +349,7 @@ def convert_ann(
                 new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
             elif isinstance(child, _MAXPOOL):
                 new = map_layer(_avg_of(child)) if map_layer else _avg_of(child)
-            elif isinstance(child, SUPPORTED):
+            elif isinstance(child, SUPPORTED) or is_voting(child):
                 new = map_layer(child) if map_layer else child
             else:
                 visit(child, path)

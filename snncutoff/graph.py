@@ -56,6 +56,12 @@ def is_dropout(m: nn.Module) -> bool:
                                        and isinstance(getattr(m, "p", None), float))
 
 
+def is_voting(m: nn.Module) -> bool:
+    """SpikingJelly's ``layer.VotingLayer``: the mean of each group of ``voting_size`` outputs, a
+    linear, stateless layer the SNN keeps as it is (duck-typed: the name and an int ``voting_size``)."""
+    return type(m).__name__ == "VotingLayer" and not m._modules and isinstance(getattr(m, "voting_size", None), int)
+
+
 def is_activation(m: nn.Module) -> bool:
     """An ``nn.ReLU`` or a constraint activation: what the converter turns into a neuron."""
     return type(m) is nn.ReLU or isinstance(m, Activation)

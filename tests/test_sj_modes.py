@@ -160,6 +160,30 @@ def test_set_step_mode_leaves_the_layers_inside_step_wise_containers_single_step
     assert b.run(net, x).shape == (3, 5, 10)
 
 
+def test_sj_voting_layer_is_kept_and_votes_as_the_mean_of_each_group():
+    """layer.VotingLayer (the DVS-Gesture examples' output layer: the mean of each group of
+    voting_size outputs) is linear: kept as it is, in both step modes and in snnTorch."""
+    b = backend_or_skip("spikingjelly")
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Flatten(), nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 40))
+    ann = nn.Sequential(*copy.deepcopy(body), sj().layer.VotingLayer(4)).eval()
+    data = random_batches(seed=5)
+    _, votes = _traces(b, body.eval(), "s")  # [T, N, 40] cumulative outputs before the vote
+    expected = votes.outputs.view(12, -1, 10, 4).sum(-1) / 4  # the mean of each group of 4, from the definition
+    for mode in ("s", "m"):
+        snn, trace = _traces(b, ann, mode)
+        assert any(type(m).__name__ == "VotingLayer" for m in snn.modules())
+        torch.testing.assert_close(trace.outputs, expected, rtol=0, atol=1e-5)
+        x = data[0][0]
+        post = Confidence(0.1).evaluate(sc.collect_trace(b, snn, [(x, torch.zeros(len(x), dtype=torch.long))],
+                                                         T=12, progress=False))
+        steps, preds, _ = sc.early_exit(b, snn, x, Confidence(0.1), 12)
+        assert torch.equal(steps, post.exit_step) and torch.equal(preds, post.predictions)
+    _, single = _traces(b, ann, "s")
+    _, other = _traces(backend_or_skip("snntorch"), ann)
+    assert torch.equal(single.outputs, other.outputs)
+
+
 @pytest.mark.parametrize("step_mode", ["s", "m"])
 def test_sj_dropout_converts_as_the_identity(step_mode):
     b = backend_or_skip("spikingjelly")
