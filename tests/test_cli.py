@@ -62,6 +62,37 @@ def test_compare_reuses_the_cached_checkpoint(compared, tmp_path):
     assert d["ann"]["cached"] is True
 
 
+def test_a_folder_used_again_holds_one_whole_run(compared, tmp_path, monkeypatch):
+    """compare writes into <dir>/.incomplete-<pid> and moves the files into place at the end: a run
+    that stops early leaves the previous run as it was; a finished one leaves none of its files."""
+    from snncutoff_bench import plots
+
+    _, cache, _ = compared
+    args = ["compare", "--epochs", "1", "--T", "4", "--output-dir", str(tmp_path), "--cache-dir", str(cache),
+            "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert len({p for p in before if p.parts[0] == "traces"}) == 3 * len(json.loads(
+        (tmp_path / "results.json").read_text())["backends"])
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "pareto", interrupted)  # stopped after its traces and first plots are written
+    one = backends.names()[0]
+    res = CliRunner().invoke(main, [*args, "--backends", one, "--seed", "1"])
+    assert res.exit_code != 0
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, [*args, "--backends", one, "--seed", "1"]).exit_code == 0
+    d = json.loads((tmp_path / "results.json").read_text())
+    assert list(d["backends"]) == [one] and d["seed"] == 1
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(
+        f"{one}-{part}.pt" for part in ("train", "calibration", "test"))
+    assert not list(tmp_path.glob(".incomplete-*"))
+    assert all(str(tmp_path) in png and open(png, "rb").read(8) == PNG for png in d["plots"])
+
+
 def test_sweep_from_stored_traces(compared, tmp_path):
     out, _, _ = compared
     res = CliRunner().invoke(main, ["sweep", "--traces", str(out / "traces"), "--epsilons", "0,0.05",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -147,10 +148,33 @@ def _config(**kw) -> BenchConfig:
     return BenchConfig(**kw)
 
 
-def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool) -> None:
+def _publish(stage: Path, out: Path) -> None:
+    """Move a finished run's files from its staging folder ``stage`` into ``out``.
+
+    The previous run's results.json goes first and the new one comes last, and the previous
+    run's traces are removed, so ``out`` never holds a results.json beside another run's files.
+    Until this point (a run stopped early) ``out`` keeps the previous run as it was."""
+    (out / "results.json").unlink(missing_ok=True)
+    old = out / "traces"
+    if old.is_dir():
+        for f in old.glob("*.pt"):
+            f.unlink()
+    for f in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "results.json"):
+        target = out / f.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+    os.replace(stage / "results.json", out / "results.json")
+    shutil.rmtree(stage)
+
+
+def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool, stage: Path | None = None) -> None:
+    """Write results.json (into ``stage``, then every file moved into ``out``: :func:`_publish`) and print."""
     from .pipeline import write_results
 
-    path = write_results(results, out)
+    write_results(results, stage or out)
+    if stage is not None:
+        _publish(stage, out)
+    path = out / "results.json"
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
@@ -179,22 +203,30 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
     out = _output_dir(output_dir, name) if rank == 0 else Path(output_dir)
     if not cfg.extra.get("checkpoint") and rank == 0:
         _writable(cache_dir(cfg), "--cache-dir")
+    # the run writes into a staging folder inside out, moved into place once complete: a run stopped
+    # early leaves a folder used before as it was (and its own files in .incomplete-<pid>)
+    stage = out / f".incomplete-{os.getpid()}" if rank == 0 else out
     try:
-        results, traces = run_compare(cfg, out, quiet=quiet or rank != 0, command=_command_line(), write=rank == 0)
+        results, traces = run_compare(cfg, stage, quiet=quiet or rank != 0, command=_command_line(),
+                                      write=rank == 0)
+        if rank != 0:
+            return
+        curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
+                  for n, e in results["backends"].items()}
+        stage.mkdir(exist_ok=True)
+        results["plots"] = [
+            str(out / plots.accuracy_per_step(results, stage / "accuracy_per_step.png").name),
+            str(out / plots.oct_histogram({n: t["test"] for n, t in traces.items()}, stage / "oct_histogram.png").name),
+            str(out / plots.pareto(curves, stage / "pareto.png").name)]
+        _finish(results, out, as_json, compare_table(results), quiet, stage)
     except BaseException as exc:
-        if not output_dir and rank == 0 and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # the folder made for this run holds nothing: leave none behind
+        if rank == 0:
+            shutil.rmtree(stage, ignore_errors=True)  # a failed run's partial files
+            if not output_dir and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # the folder made for this run holds nothing: leave none behind
         if isinstance(exc, BenchInputError):
             raise BenchError(str(exc)) from exc
         raise
-    if rank != 0:
-        return
-    curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
-              for n, e in results["backends"].items()}
-    results["plots"] = [str(plots.accuracy_per_step(results, out / "accuracy_per_step.png")),
-                        str(plots.oct_histogram({n: t["test"] for n, t in traces.items()}, out / "oct_histogram.png")),
-                        str(plots.pareto(curves, out / "pareto.png"))]
-    _finish(results, out, as_json, compare_table(results), quiet)
 
 
 @main.command()
