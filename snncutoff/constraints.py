@@ -7,7 +7,7 @@ neuron with threshold :math:`\theta` reproduces with its firing rate. The conver
 
 - :class:`QCFS` (quantisation-clip-floor-shift, Bu et al., ICLR 2022), L levels:
 
-  .. math::  \mathrm{QCFS}(x) = \theta\,\mathrm{clamp}\!\left(\frac{\lfloor x L/\theta + 1/2 \rfloor}{L}, 0, 1\right)
+  .. math::  \mathrm{QCFS}(x) = \theta\,\mathrm{clamp}\!\left(\frac{\lfloor (x/\theta) L + 1/2 \rfloor}{L}, 0, 1\right)
 
   with a straight-through gradient for the floor. Converted at :math:`T \ge L` with
   :math:`v_{init} = 0.5`, the SNN's mean output matches it closely.
@@ -115,7 +115,7 @@ class QCFS(Constraint):
             return torch.relu(x)
         self._check_set()
         theta = self.threshold.abs()
-        q = _FloorSTE.apply(torch.relu(x) * self.levels / theta + 0.5) / self.levels
+        q = _FloorSTE.apply(torch.relu(x) / theta * self.levels + 0.5) / self.levels  # the SNNCutoff code's order
         return torch.clamp(q, 0.0, 1.0) * theta
 
     def get_extra_state(self) -> dict:

@@ -256,8 +256,14 @@ def test_constraints_apply():
 def test_qcfs_clip_and_tracked_relu():
     q = constraints.QCFS(levels=4, threshold=2.0)
     x = torch.tensor([-1.0, 0.0, 0.24, 0.26, 1.0, 1.9, 5.0], requires_grad=True)
-    # clamp(floor(x * 4 / 2 + 0.5) / 4, 0, 1) * 2
+    # clamp(floor(x / 2 * 4 + 0.5) / 4, 0, 1) * 2
     assert q(x).tolist() == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
+    # the SNNCutoff code's order, (x / theta) * L, decides at a level boundary when L is no power of two:
+    # in float32, 0.2499999851 / 2.5 * 5 + 0.5 rounds to 1.0 (level 1: 0.5), 0.2499999851 * 5 / 2.5 + 0.5 stays below
+    five = constraints.QCFS(levels=5, threshold=2.5)
+    edge = torch.tensor([0.2499999851], dtype=torch.float32)
+    assert float(edge / 2.5 * 5 + 0.5) == 1.0 and float(edge * 5 / 2.5 + 0.5) < 1.0
+    assert five(edge).tolist() == [0.5]
     q(x).sum().backward()  # straight-through floor: gradient flows
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
     assert q.conversion_threshold() == 2.0 and q.v_init == 0.5
