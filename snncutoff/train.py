@@ -70,7 +70,8 @@ class TrainConfig:
         loss: ``"ce"`` (ANN), ``"mean"`` or ``"tet"`` (SNN).
         tet_lambda: MSE weight of the TET loss.
         rcs_alpha: weight of the RCS regulariser (0: off).
-        rcs_fraction: RCS's share of late steps taken as the reference.
+        rcs_fraction: RCS's late window, the last ``int(rcs_fraction * T)`` steps (all T when
+            that is 0): the reference activity and the steps a sample must be right at.
         label_smoothing: for the ANN cross-entropy.
     """
 
@@ -85,7 +86,7 @@ class TrainConfig:
     loss: str = "ce"
     tet_lambda: float = 0.05
     rcs_alpha: float = 0.0
-    rcs_fraction: float = 0.5
+    rcs_fraction: float = 0.3
     label_smoothing: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -204,7 +205,7 @@ class Trainer:
             return
         if self.backend is None:  # ANN: the constrained activations
             acts: list[Tensor] = []
-            handles = [m.register_forward_hook(lambda _m, _i, o: acts.append(o))
+            handles = [m.register_forward_hook(lambda _m, i, _o: acts.append(i[0]))  # before clip and floor
                        for m in self.model.modules() if isinstance(m, Constraint)]
             if not handles:
                 raise ValueError("rcs_alpha > 0 on an ANN needs constraint activations (snncutoff.constraints.apply)")
@@ -214,11 +215,13 @@ class Trainer:
                 for h in handles:
                     h.remove()
             return
+        layers = dict(self.backend.spiking_layers(self.model))
         with self.backend.record(self.model, store=True, membrane=True, T=c.T, keep_graph=True) as rec:
             def penalty(out: Tensor, y: Tensor) -> Tensor:
                 spikes, mems = rec.sequences("spikes"), rec.sequences("membranes")
                 names = [n for n in spikes if n in mems]
-                return rcs_snn([spikes[n] for n in names], [mems[n] for n in names], out, y, c.rcs_fraction)
+                return rcs_snn([spikes[n] for n in names], [mems[n] for n in names], out, y, c.rcs_fraction,
+                               [_threshold(layers[n]) for n in names])
 
             yield penalty
 
@@ -391,6 +394,15 @@ class Trainer:
         self.history_ = list(ckpt["history"])
         set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
         return int(ckpt["epoch"])
+
+
+def _threshold(neuron: nn.Module) -> float | Tensor:
+    """A spiking layer's firing threshold: SpikingJelly's ``v_threshold``, snnTorch's ``threshold`` (1 if neither)."""
+    for name in ("v_threshold", "threshold"):
+        value = getattr(neuron, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, Tensor):
+            return value
+    return 1.0
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:

@@ -124,30 +124,33 @@ def test_tebn_in_a_spikingjelly_multistep_net():
 def test_rcs_penalties():
     import math
 
-    # ANN form, from the docstring: R_n = max over the batch / sqrt(mean_i a_{n,i}^2 + 1e-5), averaged over
-    # the correctly classified samples, then over layers (activations of any shape [N, ...])
+    # ANN form, as the SNNCutoff code computes it: a = relu(x) of each constraint's input,
+    # R_n = max over the batch / (mean_i a_{n,i}^2 + 1e-5)^0.5; per layer the largest R_n among the
+    # correctly classified samples (0 if none), then the mean over layers
     g = torch.Generator().manual_seed(0)
-    layers = [torch.rand(3, 2, 2, generator=g) * 3, torch.rand(3, 5, generator=g) + torch.tensor([0.0, 0, 0, 0, 4])]
+    layers = [torch.randn(3, 2, 2, generator=g) * 3, torch.randn(3, 5, generator=g) + torch.tensor([0.0, 0, 0, 0, 4])]
     correct = torch.tensor([True, False, True])
 
     def ann_ref(acts, ok):
         terms = []
         for a in acts:
-            rows = [a[n].flatten().tolist() for n in range(a.shape[0])]
+            rows = [[max(v, 0.0) for v in a[n].flatten().tolist()] for n in range(a.shape[0])]
             top = max(v for row in rows for v in row)  # over every sample, correct or not
             r = [top / math.sqrt(sum(v * v for v in row) / len(row) + 1e-5) for row in rows]
-            kept = [r[n] for n in range(len(rows)) if ok[n]]
-            terms.append(sum(kept) / len(kept))
+            terms.append(max(r[n] if ok[n] else 0.0 for n in range(len(rows))))
         return sum(terms) / len(terms)
 
     assert float(rcs_ann(layers, correct)) == pytest.approx(ann_ref(layers, correct.tolist()), rel=1e-6)
     assert float(rcs_ann(layers[1:], torch.tensor([False, True, False]))) == pytest.approx(
         ann_ref(layers[1:], [False, True, False]), rel=1e-6)
-    nobody = rcs_ann(layers, torch.zeros(3, dtype=torch.bool))
-    assert float(nobody) == 0.0
-    # SNN form: r_t = s_t + relu(v_t); the reference is the mean of r over the last fraction * T steps;
-    # R_n = 1 / (mean_t cos(r_{t,n}, ref_n) + 1e-5), averaged over the samples whose mean output over those
-    # late steps is right, then over layers
+    assert float(rcs_ann(layers, torch.zeros(3, dtype=torch.bool))) == 0.0
+    # the largest, not the mean: [[1, 0, 0, 0], [1, 1, 1, 1]] gives 1 / 0.5 = 2 (the mean would be 1.5)
+    assert float(rcs_ann([torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1]])], torch.tensor([True, True]))) == \
+        pytest.approx(1 / math.sqrt(0.25 + 1e-5), rel=1e-6)
+
+    # SNN form: r_t = s_t + relu(v_t / theta); late window = the last int(f T) steps (all T if 0); reference
+    # = mean of r over it; R_n = 1 / (mean_t cos(r_t, ref) + 1e-5) with (|.|^2 + 1e-5)^0.5 norms; per layer
+    # the largest R_n among the samples right at every step of the window (0 if none); mean over layers
     T, N = 4, 3
     spikes = [(torch.rand(T, N, 2, 3, generator=g) < 0.5).float() for _ in range(2)]
     membranes = [torch.randn(T, N, 2, 3, generator=g) for _ in range(2)]
@@ -158,37 +161,60 @@ def test_rcs_penalties():
                         [[2.0, 0.0], [3.0, 0.0], [0.0, 4.0]],
                         [[2.0, 0.0], [3.0, 0.0], [1.0, 0.0]]])  # per-step outputs [T, N, C]
     labels = torch.tensor([0, 1, 1])
+    thresholds = [1.0, 2.5]
 
     def snn_ref(fraction):
-        late = round(fraction * T)
+        late = int(fraction * T) or T
+        window = range(T - late, T)
         ok = []
         for n in range(N):
-            mean = [sum(float(out[t, n, c]) for t in range(T - late, T)) / late for c in range(2)]
-            ok.append(mean.index(max(mean)) == int(labels[n]))
+            right = True
+            for t in window:
+                row = out[t, n].tolist()
+                right = right and row.index(max(row)) == int(labels[n])  # first maximum on ties
+            ok.append(right)
         terms = []
-        for s, v in zip(spikes, membranes):
-            r = [[[float(s[t, n].flatten()[i]) + max(0.0, float(v[t, n].flatten()[i])) for i in range(6)]
+        for s, v, theta in zip(spikes, membranes, thresholds):
+            r = [[[float(s[t, n].flatten()[i]) + max(0.0, float(v[t, n].flatten()[i]) / theta) for i in range(6)]
                   for n in range(N)] for t in range(T)]
             per_sample = []
             for n in range(N):
-                ref = [sum(r[t][n][i] for t in range(T - late, T)) / late for i in range(6)]
+                ref = [sum(r[t][n][i] for t in window) / late for i in range(6)]
                 cos = []
                 for t in range(T):
                     dot = sum(a * b for a, b in zip(r[t][n], ref))
-                    cos.append(dot / (math.sqrt(sum(a * a for a in r[t][n])) * math.sqrt(sum(b * b for b in ref))))
+                    cos.append(dot / (math.sqrt(sum(a * a for a in r[t][n]) + 1e-5)
+                                      * math.sqrt(sum(b * b for b in ref) + 1e-5)))
                 per_sample.append(1.0 / (sum(cos) / T + 1e-5))
-            kept = [per_sample[n] for n in range(N) if ok[n]]
-            terms.append(sum(kept) / len(kept))
+            terms.append(max(per_sample[n] if ok[n] else 0.0 for n in range(N)))
         return sum(terms) / len(terms), ok
 
-    for fraction in (0.5, 0.25, 1.0):
+    for fraction in (0.3, 0.5, 0.2, 1.0):  # windows of 1, 2, all (int(0.8) = 0) and 4 steps
         want, ok = snn_ref(fraction)
-        assert any(ok)
-        assert float(rcs_snn(spikes, membranes, out, labels, fraction)) == pytest.approx(want, rel=1e-4), fraction
-    assert snn_ref(0.5)[1] == [True, False, True]  # sample 1 right early, wrong late; sample 2 wrong at the end only
+        got = rcs_snn(spikes, membranes, out, labels, fraction, thresholds)
+        assert float(got) == pytest.approx(want, rel=1e-5), fraction
+    assert snn_ref(0.5)[1] == [True, False, False]  # 1 wrong late; 2 right at step 3, not 4
+    assert snn_ref(0.2)[1] == [True, False, False]  # the whole run
     # constant activity points where the late steps end up: cosine 1, penalty ~ 1
     same = [torch.ones(T, N, 3)]
     assert float(rcs_snn(same, [torch.zeros(T, N, 3)], out, labels)) == pytest.approx(1.0, abs=1e-3)
+    nobody = rcs_snn(spikes, membranes, out, torch.tensor([1, 1, 1]), 0.5)
+    assert float(nobody) == 0.0
+
+
+def test_the_ann_penalty_reads_the_constraint_input():
+    """The Trainer takes each constraint's input (before its clip and floor), as the SNNCutoff code does."""
+    seed_everything(0)
+    ann = sc.constraints.apply(nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)), "qcfs",
+                               levels=2, threshold=0.5)
+    x, y = torch.randn(8, 1, 2, 2) * 4, torch.randint(0, 2, (8,))
+    t = Trainer(ann, TrainConfig(epochs=1, rcs_alpha=1.0), progress=False)
+    with torch.no_grad(), t._rcs() as penalty:
+        out = ann(x)
+        got = penalty(out, y)
+        pre = ann[1](ann[0](x))
+        assert float(got) == pytest.approx(float(rcs_ann([pre], out.argmax(-1) == y)), rel=1e-6)
+        assert float(got) != pytest.approx(float(rcs_ann([ann[2](pre)], out.argmax(-1) == y)), rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["snntorch", "spikingjelly"])
