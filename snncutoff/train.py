@@ -380,9 +380,10 @@ class Trainer:
         if missing:
             raise CorruptFileError(f"{path} cannot be resumed from: it lacks {', '.join(missing)} (written by another "
                                    "program or an older snncutoff); delete it to train from the start")
-        if ckpt["config"] != asdict(self.config):
+        saved, now = _comparable(ckpt["config"]), _comparable(asdict(self.config))
+        if saved != now:
             raise ValueError(f"checkpoint {path} was written with a different config "
-                             f"({'; '.join(_differences(ckpt['config'], asdict(self.config)))}); "
+                             f"({'; '.join(_differences(saved, now))}); "
                              "resume with the same settings, or delete it to start afresh")
         mismatch = state_dict_mismatch(self.model, ckpt["model"])
         if mismatch:
@@ -397,12 +398,19 @@ class Trainer:
 
 
 def _threshold(neuron: nn.Module) -> float | Tensor:
-    """A spiking layer's firing threshold: SpikingJelly's ``v_threshold``, snnTorch's ``threshold`` (1 if neither)."""
-    for name in ("v_threshold", "threshold"):
-        value = getattr(neuron, name, None)
+    """A spiking layer's firing threshold: SpikingJelly's ``v_threshold``, snnTorch's ``threshold``, an
+    adapter neuron's ``spec.threshold`` (1 if none)."""
+    for value in (getattr(neuron, "v_threshold", None), getattr(neuron, "threshold", None),
+                  getattr(getattr(neuron, "spec", None), "threshold", None)):
         if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, Tensor):
             return value
     return 1.0
+
+
+def _comparable(config: dict) -> dict:
+    """A config as resuming compares it: ``rcs_fraction`` only counts with RCS on (``rcs_alpha`` > 0), so a
+    checkpoint written before its default moved (0.5 to 0.3) resumes when RCS is off."""
+    return config if config.get("rcs_alpha") else {k: v for k, v in config.items() if k != "rcs_fraction"}
 
 
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:

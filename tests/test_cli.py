@@ -63,16 +63,19 @@ def test_compare_reuses_the_cached_checkpoint(compared, tmp_path):
 
 
 def test_a_folder_used_again_holds_one_whole_run(compared, tmp_path, monkeypatch):
-    """compare writes into <dir>/.incomplete-<pid> and moves the files into place at the end: a run
-    that stops early leaves the previous run as it was; a finished one leaves none of its files."""
+    """compare writes into <dir>/.incomplete-* and moves the files into place at the end: a run
+    that stops early leaves the previous run as it was; a finished one leaves none of the previous
+    run's files, and no file of the user's."""
     from snncutoff_bench import plots
 
     _, cache, _ = compared
     args = ["compare", "--epochs", "1", "--T", "4", "--output-dir", str(tmp_path), "--cache-dir", str(cache),
             "--quiet"]
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "my-own.pt").write_bytes(b"mine")  # not compare's: kept through every run
     assert CliRunner().invoke(main, args).exit_code == 0
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert len({p for p in before if p.parts[0] == "traces"}) == 3 * len(json.loads(
+    assert len({p for p in before if p.parts[0] == "traces"}) == 1 + 3 * len(json.loads(
         (tmp_path / "results.json").read_text())["backends"])
 
     def interrupted(*a, **k):
@@ -88,7 +91,7 @@ def test_a_folder_used_again_holds_one_whole_run(compared, tmp_path, monkeypatch
     d = json.loads((tmp_path / "results.json").read_text())
     assert list(d["backends"]) == [one] and d["seed"] == 1
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(
-        f"{one}-{part}.pt" for part in ("train", "calibration", "test"))
+        [f"{one}-{part}.pt" for part in ("train", "calibration", "test")] + ["my-own.pt"])
     assert not list(tmp_path.glob(".incomplete-*"))
     assert all(str(tmp_path) in png and open(png, "rb").read(8) == PNG for png in d["plots"])
 

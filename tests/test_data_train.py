@@ -202,6 +202,15 @@ def test_rcs_penalties():
     assert float(nobody) == 0.0
 
 
+@pytest.mark.parametrize("name", ["snntorch", "spikingjelly"])
+def test_the_snn_penalty_reads_each_layers_threshold(name):
+    from snncutoff.train import _threshold
+
+    b = backend_or_skip(name)
+    snn = b.convert(models.get("cnn"), spec=sc.LIF(threshold=2.0), step_mode="m" if name == "spikingjelly" else "s")
+    assert [float(_threshold(m)) for _, m in b.spiking_layers(snn)] == [2.0] * 3
+
+
 def test_the_ann_penalty_reads_the_constraint_input():
     """The Trainer takes each constraint's input (before its clip and floor), as the SNNCutoff code does."""
     seed_everything(0)
@@ -256,6 +265,16 @@ def test_checkpoints_resume_and_load(tmp_path):
     with pytest.raises(ValueError, match="different config"):
         Trainer(models.get("cnn"), TrainConfig(epochs=3), checkpoint_dir=tmp_path / "a", resume=True,
                 progress=False).fit(train)
+    # a checkpoint from before rcs_fraction's default moved (0.5) resumes while RCS is off, not while it is on
+    ckpt["config"]["rcs_fraction"] = 0.5
+    torch.save(ckpt, tmp_path / "a" / "last.pt")
+    again = Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
+    assert again.fit(train, test).history_ == full.history_
+    ckpt["config"]["rcs_alpha"] = 0.1
+    torch.save(ckpt, tmp_path / "a" / "last.pt")
+    with pytest.raises(ValueError, match="rcs_fraction"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=2, lr=3e-3, rcs_alpha=0.1), checkpoint_dir=tmp_path / "a",
+                resume=True, progress=False).fit(train)
     m = load_model(models.get("cnn"), tmp_path / "a" / "best.pt")
     assert isinstance(m, nn.Module)
     with pytest.raises(ValueError, match="does not match"):

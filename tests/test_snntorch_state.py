@@ -182,6 +182,18 @@ def test_membrane_readout_without_reset_delay_is_snntorchs_mem(name, mechanism):
         assert float(mems[0][0, 0]) == 1.5  # the case a second reset got wrong
 
 
+def test_rsynaptic_without_reset_delay_keeps_its_reset_out_of_mem():
+    """snnTorch's RSynaptic computes a reset_delay=False reset into a local variable that it drops: the
+    mem it keeps and returns is pre-reset, as with the delayed reset, so the readout subtracts it."""
+    backend = sc.backends.get("snntorch")
+    n = snn.RSynaptic(alpha=0.5, beta=0.9, all_to_all=False, V=0.0, reset_delay=False, threshold=1.0)
+    zeros = torch.zeros(1, 2)
+    with torch.no_grad():
+        spk, _, mem = n(torch.tensor([[1.6, 0.3]]), zeros, zeros, zeros)
+    assert spk.tolist() == [[1.0, 0.0]] and torch.allclose(mem, n.mem)
+    assert torch.allclose(backend.membrane_of(n), mem - spk * 1.0)  # 0.6, 0.3
+
+
 def test_a_neuron_whose_state_cannot_follow_the_batch_is_named():
     """A custom neuron that keeps its state at the first batch size: the error says which, and why."""
 

@@ -161,8 +161,9 @@ class SnnTorchBackend(Backend):
 
     def membrane_of(self, module: nn.Module) -> Tensor | None:
         """Post-reset membrane (as SpikingJelly's ``v``): snnTorch's ``mem`` less the reset it
-        applies at the next step (the default ``reset_delay=True``); ``mem`` itself where the
-        reset is already in it (``reset_delay=False``, reset ``"none"``, ``DeltaLeaky``)."""
+        applies at the next step (the default ``reset_delay=True``; also ``RSynaptic``, whose
+        ``reset_delay=False`` reset never reaches ``self.mem``); ``mem`` itself where the reset is
+        already in it (Leaky, Synaptic, RLeaky with ``reset_delay=False``; reset ``"none"``; ``DeltaLeaky``)."""
         if isinstance(module, (IFNeuron, LIFNeuron)):
             return module.mem
         lif = module
@@ -172,7 +173,8 @@ class SnnTorchBackend(Backend):
         if isinstance(lif, snn().delta_neurons):  # DeltaLeaky never resets: its mem is the membrane
             return mem
         mechanism = int(getattr(lif, "reset_mechanism_val", 2))
-        if mechanism == 2 or getattr(lif, "reset_delay", True) is False:  # no reset, or already applied to mem
+        if mechanism == 2 or (getattr(lif, "reset_delay", True) is False
+                              and type(lif).__name__ in ("Leaky", "Synaptic", "RLeaky")):  # reset already in mem
             return mem
         spk = lif.fire(mem) / lif.graded_spikes_factor
         return mem - spk * lif.threshold if mechanism == 0 else mem * (1 - spk)

@@ -152,13 +152,15 @@ def _publish(stage: Path, out: Path) -> None:
     """Move a finished run's files from its staging folder ``stage`` into ``out``.
 
     The previous run's results.json goes first and the new one comes last, and the previous
-    run's traces are removed, so ``out`` never holds a results.json beside another run's files.
+    run's trace files (``traces/<backend>-<part>.pt``) are removed, so ``out`` never holds a
+    results.json beside another run's files.
     Until this point (a run stopped early) ``out`` keeps the previous run as it was."""
+    from snncutoff import backends
+
     (out / "results.json").unlink(missing_ok=True)
-    old = out / "traces"
-    if old.is_dir():
-        for f in old.glob("*.pt"):
-            f.unlink()
+    for name in backends.names():  # compare's own trace files (any other file in the folder is left alone)
+        for part in ("train", "calibration", "test"):
+            (out / "traces" / f"{name}-{part}.pt").unlink(missing_ok=True)
     for f in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "results.json"):
         target = out / f.relative_to(stage)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +206,8 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
     if not cfg.extra.get("checkpoint") and rank == 0:
         _writable(cache_dir(cfg), "--cache-dir")
     # the run writes into a staging folder inside out, moved into place once complete: a run stopped
-    # early leaves a folder used before as it was (and its own files in .incomplete-<pid>)
-    stage = out / f".incomplete-{os.getpid()}" if rank == 0 else out
+    # early leaves a folder used before as it was (and its own files in .incomplete-<random>)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".incomplete-")) if rank == 0 else out
     try:
         results, traces = run_compare(cfg, stage, quiet=quiet or rank != 0, command=_command_line(),
                                       write=rank == 0)
@@ -213,7 +215,6 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
             return
         curves = {n: {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in e["sweep"].items()}
                   for n, e in results["backends"].items()}
-        stage.mkdir(exist_ok=True)
         results["plots"] = [
             str(out / plots.accuracy_per_step(results, stage / "accuracy_per_step.png").name),
             str(out / plots.oct_histogram({n: t["test"] for n, t in traces.items()}, stage / "oct_histogram.png").name),
