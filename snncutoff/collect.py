@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ._progress import progress as progress_bar
 from .backends import resolve
+from .backends.base import LoopsOverTimeError
 from .summary import TraceSummary, summarize
 from .trace import Trace, cumulative
 from .validation import INPUT_HINT, batch_labels, check_choice, check_device, check_finite, check_int
@@ -66,8 +67,9 @@ def _shape_advice(out: Tensor, T: int, whole: bool, name: str) -> str:
     got = f"the network's per-step outputs must be [T, N, C] = [{T}, N, C], got {list(out.shape)}"
     if whole and out.dim() == 2:
         return (f"{got}: {name} was run on whole sequences (multistep) and returned one [N, C] per sequence, "
-                "probably an average over time (a firing rate). Pass the module that returns every step "
-                "(e.g. its inner nn.Sequential), or a network stepped one step at a time (multistep=False)")
+                "probably an average over time (a firing rate) or the last step alone. Pass the module that "
+                "returns every step (e.g. its inner nn.Sequential), or a network stepped one step at a time "
+                "(multistep=False)")
     if whole:
         return f"{got}; check T, the encoder and the readout (multistep: the network returns every step itself)"
     return (f"{got}; check T, the encoder and the readout, or pass multistep=True (and encoder='none' if it "
@@ -208,6 +210,8 @@ def collect_trace(
                         out = backend.run(net, x_seq, readout, whole)
                 else:
                     out = backend.run(net, x_seq, readout, whole)
+            except LoopsOverTimeError:  # its own message says what to do
+                raise
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # torch's shape errors vary
                 hint = ""
                 if whole and "readout" not in str(exc):  # (a readout's own message says what to do)

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .graph import Activation, find_functional_activations
+from .graph import Activation, child_slots, find_functional_activations
 from .stats import nearest_rank
 from .validation import check_int, check_number
 
@@ -303,15 +303,18 @@ def apply(ann: nn.Module, kind: str = "qcfs", calibration: Iterable | None = Non
     if found:
         where = "; ".join(f"{path or '<root>'} ({what})" for path, what in found)
         raise ValueError(
-            f"functional activations cannot be replaced: {where}. Use nn.ReLU modules in __init__ "
-            "and call them in forward, then apply the constraint."
+            f"these activations cannot be replaced: {where}. Each must be an nn.ReLU module (not a functional "
+            "call such as F.relu), made in __init__ and called once in forward (give each call site its own), "
+            "then apply the constraint."
         )
-    replaced = 0
+    made: dict[int, tuple[nn.Module, nn.Module]] = {}  # a ReLU held under several names: one constraint
     for module in list(ann.modules()):
-        for child_name, child in list(module.named_children()):
+        for child_name, child in child_slots(module):
             if type(child) is nn.ReLU:
-                setattr(module, child_name, _KINDS[kind](**kwargs))
-                replaced += 1
+                if id(child) not in made:
+                    made[id(child)] = (child, _KINDS[kind](**kwargs))
+                setattr(module, child_name, made[id(child)][1])
+    replaced = len(made)
     if replaced == 0:
         raise ValueError("no nn.ReLU module found to replace")
     if calibration is not None:

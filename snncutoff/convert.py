@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Constraint
-from .graph import _scan, check_by_running, is_activation, is_dropout, is_empty_sequential, is_voting
+from .graph import _scan, check_by_running, child_slots, is_activation, is_dropout, is_empty_sequential, is_voting
 from .spec import IF
 from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
@@ -245,17 +245,24 @@ def convert_for_training(
     snn = copy.deepcopy(ann)
     trained: list[ConvertedActivation] = []
 
+    done: dict[int, tuple[nn.Module, nn.Module]] = {}  # a layer held at several places: converted once
+
     def visit(module: nn.Module, prefix: str) -> None:
-        for name, child in list(module.named_children()):
+        for name, child in child_slots(module):
             path = f"{prefix}.{name}" if prefix else name
-            if is_activation(child):
-                setattr(module, name, make_neuron(threshold, 0.0))
+            if id(child) in done:
+                new = done[id(child)][1]
+            elif is_activation(child):
+                new = make_neuron(threshold, 0.0)
                 trained.append(ConvertedActivation(path, type(child).__name__, threshold, 0.0))
             elif len(child._modules) == 0:
-                if map_layer is not None:
-                    setattr(module, name, map_layer(child))
+                new = map_layer(child) if map_layer is not None else child
             else:
                 visit(child, path)
+                new = child
+            done[id(child)] = (child, new)
+            if new is not child:
+                setattr(module, name, new)
 
     visit(snn, "")
     if not trained:
@@ -340,10 +347,14 @@ def convert_ann(
         converted.append(ConvertedActivation(path, type(child).__name__, theta, float(v_init)))
         return make_neuron(theta, float(v_init))
 
+    done: dict[int, tuple[nn.Module, nn.Module]] = {}  # a layer held at several places: converted once
+
     def visit(module: nn.Module, prefix: str) -> None:
-        for name, child in list(module.named_children()):
+        for name, child in child_slots(module):
             path = f"{prefix}.{name}" if prefix else name
-            if is_activation(child):
+            if id(child) in done:
+                new = done[id(child)][1]
+            elif is_activation(child):
                 new = neuron(child, path)
             elif is_dropout(child) or is_empty_sequential(child):
                 new = nn.Identity()  # Dropout in eval mode, and an empty shortcut, pass the input on
@@ -354,6 +365,7 @@ def convert_ann(
             else:
                 visit(child, path)
                 new = child
+            done[id(child)] = (child, new)
             if new is not child:
                 setattr(module, name, new)
 

@@ -40,6 +40,13 @@ _NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F) for name in _NO
                         if callable(getattr(mod, name, None))}
 
 
+def child_slots(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, child)`` for every child slot of ``module``: a module held under several names
+    (one pooling layer placed three times in an ``nn.Sequential``) once per name, where
+    ``named_children`` lists it only once."""
+    return [(name, child) for name, child in module._modules.items() if child is not None]
+
+
 def is_empty_sequential(m: nn.Module) -> bool:
     """An ``nn.Sequential()`` with no layers: the identity shortcut of the CIFAR ResNets."""
     return type(m) is nn.Sequential and len(m) == 0

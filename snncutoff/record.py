@@ -58,17 +58,8 @@ def synaptic_ops(layer: nn.Module, x: Tensor) -> Tensor:
         reached = conv(active, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
         sops = reached.flatten(1).sum(1).double()
         k = layer.weight[0].numel()  # in_channels / groups * kernel size
-        macs = float(_conv_out_numel(layer, x, 2 if isinstance(layer, nn.Conv2d) else 1) * layer.out_channels * k)
+        macs = float(reached.shape[1:].numel() * k)  # each output element (any padding, 'same' and 'valid' too) costs k
     return torch.where(spike_like_rows(x), sops, torch.full((B,), macs, dtype=torch.float64, device=x.device))
-
-
-def _conv_out_numel(layer: nn.Module, x: Tensor, dims: int) -> int:
-    size = 1
-    for d in range(dims):
-        n = x.shape[-dims + d]
-        p, dil, k, s = layer.padding[d], layer.dilation[d], layer.kernel_size[d], layer.stride[d]
-        size *= (n + 2 * p - dil * (k - 1) - 1) // s + 1
-    return size
 
 
 @dataclass

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ._progress import bar
+from .backends import resolve
 from .checkpoints import CHECKPOINT_FORMAT, load_model, rng_state, set_rng_state, state_dict_mismatch
 from .collect import encode
 from .constraints import QCFS, Clip, Constraint, calibrate
@@ -145,7 +146,8 @@ class _SequenceModule(nn.Module):
 
 
 class Trainer:
-    """Train an ANN (``backend=None``) or an SNN built from a backend's neurons.
+    """Train an ANN (``backend=None``) or an SNN built from a backend's neurons (``backend``: a
+    backend or its name, ``"spikingjelly"`` / ``"snntorch"``).
 
     Constraint activations made without a threshold (``constraints.apply(net, "qcfs")``)
     get one from the data before the first step (:func:`snncutoff.constraints.calibrate`
@@ -168,7 +170,7 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.model = model
         self.config = config or TrainConfig()
-        self.backend = backend
+        self.backend = None if backend is None else resolve(backend)
         self.device = check_device(device) or torch.device("cpu")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume

@@ -136,6 +136,16 @@ def test_conv_fan_out_counts_borders_exactly(backend):
     assert float(synaptic_ops(conv, s)) == 2 * (4 + 9)
 
 
+@pytest.mark.parametrize("padding, size", [("same", 5), ("valid", 3), (2, 7)])
+def test_conv_dense_cost_for_every_padding_form(padding, size):
+    from snncutoff.record import synaptic_ops
+
+    x = torch.rand(2, 2, 5, 5) + 0.5  # analog input: dense cost, out positions x out channels x (2 x 3 x 3)
+    assert synaptic_ops(nn.Conv2d(2, 3, 3, padding=padding), x).tolist() == [size * size * 3 * 18] * 2
+    x1 = torch.rand(2, 2, 5) + 0.5
+    assert synaptic_ops(nn.Conv1d(2, 3, 3, padding=padding), x1).tolist() == [size * 3 * 6] * 2
+
+
 def test_recorder_membranes(backend):
     snn, data = _converted(backend)
     with backend.record(snn, store=True, membrane=True) as rec:

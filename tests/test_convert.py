@@ -172,6 +172,33 @@ def test_maxpool_needs_avg():
     assert isinstance(snn[2], nn.AvgPool2d) and snn[2].kernel_size == 2
 
 
+@pytest.mark.parametrize("backend_name, step_mode", [("spikingjelly", "s"), ("spikingjelly", "m"), ("snntorch", "s")])
+def test_a_pooling_module_placed_at_several_places_is_converted_at_each(backend_name, step_mode):
+    """SNNCutoff's VGG_Gesture holds one nn.MaxPool2d at five places of its nn.Sequential."""
+    from snncutoff import collect_trace
+
+    from .helpers import backend_or_skip
+
+    backend = backend_or_skip(backend_name)
+
+    def net(pool: nn.Module, shared: bool) -> nn.Module:
+        torch.manual_seed(0)
+        pools = [pool, pool, pool] if shared else [pool, type(pool)(2), type(pool)(2)]
+        return constraints.apply(nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), pools[0], nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), pools[1],
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), pools[2], nn.Flatten(), nn.Linear(4, 3)), "qcfs", levels=4,
+            threshold=1.0).eval()
+
+    data = random_batches(shape=(1, 8, 8), n=8, batches=1, classes=3)
+    for pool in (nn.MaxPool2d(2), nn.AvgPool2d(2)):
+        shared = backend.convert(net(pool, True), step_mode=step_mode, maxpool="avg")
+        assert not any(isinstance(m, nn.MaxPool2d) for m in shared.modules())
+        got = collect_trace(backend, shared, data, T=6, progress=False)
+        want = collect_trace(backend, backend.convert(net(type(pool)(2), False), step_mode=step_mode, maxpool="avg"),
+                             data, T=6, progress=False)
+        assert torch.equal(got.outputs, want.outputs)
+
+
 @pytest.mark.parametrize("layer", [nn.Sigmoid(), nn.LSTM(4, 4), nn.GELU(), nn.LayerNorm(4)])
 def test_unsupported_layer_is_named(layer):
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), layer, nn.Linear(4, 2))

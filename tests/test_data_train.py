@@ -238,6 +238,20 @@ def test_rcs_trains_an_snn(name):
     assert t.history_[-1]["loss"] < t.history_[0]["loss"] and t.history_[-1]["train_accuracy"] > 0.75
 
 
+@pytest.mark.parametrize("name", ["snntorch", "spikingjelly"])
+def test_trainer_takes_a_backend_by_name(name):
+    b = backend_or_skip(name)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    loader = [(x[:32], y[:32]), (x[32:], y[32:])]
+    weights = []
+    for backend in (name, b):
+        seed_everything(0)
+        snn = b.convert(models.get("cnn"), spec=sc.LIF())
+        Trainer(snn, TrainConfig(epochs=1, T=2, loss="tet", rcs_alpha=0.1), backend=backend, progress=False).fit(loader)
+        weights.append(snn.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_rcs_trains_an_ann():
     seed_everything(0)
     ann = sc.constraints.apply(models.get("cnn"), "qcfs", levels=4, threshold=4.0)

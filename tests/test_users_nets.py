@@ -500,3 +500,100 @@ def test_a_wrapper_module_around_a_sequential_runs_as_it_is():
     post = policy.evaluate(trace)
     real = sc.early_exit_loader("spikingjelly", net, DATA, policy, T=6, refill=True, capacity=16, progress=False)
     assert torch.equal(real.exit_step, post.exit_step) and torch.equal(real.predictions, post.predictions)
+
+
+def test_a_forward_that_loops_over_its_input_as_time_is_refused_unless_multistep():
+    """The snnTorch tutorials' forward loops ``for step in range(x.size(0))`` over a time-major
+    ``[T, N, F]`` input: given one step ``[N, F]`` it would loop over the samples."""
+    snn = _snntorch()
+    from snncutoff.backends.base import LoopsOverTimeError
+
+    class LoopNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(64, 16), snn.Leaky(beta=0.5, threshold=0.3)
+            self.fc2, self.lif2 = nn.Linear(16, 10), snn.Leaky(beta=0.5, threshold=0.3)
+
+        def forward(self, x):
+            mem1, mem2, rec = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+            for step in range(x.size(0)):
+                spk1, mem1 = self.lif1(self.fc1(x[step]), mem1)
+                spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+                rec.append(spk2)
+            return torch.stack(rec)
+
+    torch.manual_seed(0)
+    net = LoopNet()
+    flat = [(x.flatten(1), y) for x, y in DATA]
+    with pytest.raises(LoopsOverTimeError, match=r"'lif1' 32 time\(s\) for one step of 32 samples.*multistep=True"):
+        sc.collect_trace("snntorch", net, flat, T=6, progress=False)
+    with pytest.raises(LoopsOverTimeError, match="early exit needs a forward that takes one step per call"):
+        sc.early_exit("snntorch", net, flat[0][0], sc.Confidence(0.5), T=6)
+    whole = sc.collect_trace("snntorch", net, flat, T=6, multistep=True, progress=False)
+    with torch.no_grad():
+        want = net(flat[0][0].unsqueeze(0).expand(6, -1, -1))
+    assert torch.equal(whole.per_step_outputs()[:, :32], want)
+
+
+def test_spikingjelly_multistep_container_networks_run_as_multistep():
+    """The older multi-step style: single-step layers and neurons wrapped in layer.MultiStepContainer."""
+    functional, layer, neuron, surrogate = _sj()
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.MultiStepContainer(nn.Flatten(), nn.Linear(64, 32), neuron.IFNode(v_threshold=0.3)),
+                        layer.MultiStepContainer(nn.Linear(32, 10), neuron.IFNode(v_threshold=0.3)))
+    backend = sc.backends.get("spikingjelly")
+    assert backend.is_multistep(net)
+    trace = sc.collect_trace(backend, net, DATA, T=6, progress=False)
+    assert torch.equal(trace.outputs, sc.collect_trace(backend, net, DATA, T=6, multistep=True, progress=False).outputs)
+    x, y = DATA[0]
+    one = sc.collect_trace(backend, net, [(x[i : i + 1], y[i : i + 1]) for i in range(3)], T=6, progress=False)
+    assert torch.equal(one.outputs, trace.outputs[:, :3])  # no state shared between samples
+    policy = sc.Stability(2)
+    want = policy.evaluate(trace.subset(torch.arange(32)))
+    steps, preds = sc.early_exit(backend, net, DATA[0][0], policy, T=6)[:2]
+    assert torch.equal(steps, want.exit_step) and torch.equal(preds, want.predictions)
+
+
+def test_spikingjelly_stateless_multistep_neurons_and_spiking_rnns_are_whole_sequence_modules():
+    layer, neuron = _sj_neuron("DSRIFNode")
+    for node in (neuron.DSRIFNode(T=6, v_threshold=1.0), neuron.DSRLIFNode(T=6, v_threshold=1.0)):
+        net = nn.Sequential(layer.Flatten(step_mode="m"), layer.Linear(64, 10, step_mode="m"), node)
+        with pytest.raises(ValueError, match=f"{type(node).__name__}, which computes a whole sequence"):
+            sc.early_exit("spikingjelly", net, DATA[0][0], sc.Confidence(0.5), T=6)
+        assert sc.collect_trace("spikingjelly", net, DATA, T=6, progress=False).T == 6
+    from spikingjelly.activation_based import rnn
+
+    class LSTMNet(nn.Module):  # SpikingJelly's spiking_lstm_sequential_mnist example, every step read out
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = rnn.SpikingLSTM(8, 16, 1), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0])
+
+    rows = lambda x, T: x.flatten(1, 2).permute(1, 0, 2)[:T]  # noqa: E731 - [N, 1, 8, 8] -> [8 rows, N, 8]
+    net = LSTMNet()
+    trace = sc.collect_trace("spikingjelly", net, DATA, T=8, encoder=rows, progress=False)
+    with torch.no_grad():
+        assert torch.allclose(trace.per_step_outputs()[:, :32], net(rows(DATA[0][0], 8)), atol=1e-5)
+    with pytest.raises(ValueError, match="SpikingLSTM, which computes a whole sequence"):
+        sc.early_exit("spikingjelly", net, DATA[0][0], sc.Confidence(0.5), T=8, encoder=rows)
+
+
+@pytest.mark.parametrize("readout", ["spikes", "membrane"])
+def test_spikingjelly_multistep_neurons_storing_v_seq_shrink_and_refill(readout):
+    """0.0.0.0.14 registers ``v_seq`` [T, N, ...] as a memory: it must not be sliced as [N, ...]."""
+    functional, layer, neuron, surrogate = _sj()
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Flatten(), layer.Linear(64, 32), neuron.IFNode(v_threshold=0.3, store_v_seq=True),
+                        layer.Linear(32, 10), neuron.IFNode(v_threshold=0.3, store_v_seq=True))
+    functional.set_step_mode(net, "m")
+    trace = sc.collect_trace("spikingjelly", net, DATA, T=6, readout=readout, progress=False)
+    policy = sc.Stability(2)
+    want = policy.evaluate(trace)
+    assert 1 < want.mean_steps < 6
+    for block in (1, "auto"):  # batches of 32 > T = 6
+        steps, preds = sc.early_exit("spikingjelly", net, DATA[0][0], policy, T=6, readout=readout, block=block)[:2]
+        assert torch.equal(steps, want.exit_step[:32]) and torch.equal(preds, want.predictions[:32])
+    res = sc.early_exit_loader("spikingjelly", net, DATA, policy, T=6, readout=readout, refill=True, progress=False)
+    assert torch.equal(res.exit_step, want.exit_step) and torch.equal(res.predictions, want.predictions)

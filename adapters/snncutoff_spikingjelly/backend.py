@@ -15,6 +15,7 @@ without cupy or without CUDA, which is an error.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,6 +118,8 @@ class SpikingJellyBackend(Backend):
         """Keep batch rows ``keep`` of every per-sample memory (a tensor ``[N, ...]``); a memory shared by
         the whole batch (a step counter) stays; a queue of past inputs (a list) cannot be shrunk."""
         for name, value in list(module._memories.items()):
+            if name == "v_seq":  # [T, N, ...]: 0.0.0.0.14 registers it as a memory (below)
+                continue
             if _per_row(value):
                 setattr(module, name, value.index_select(0, keep.to(value.device)))
             elif isinstance(value, (list, tuple)) and any(isinstance(v, Tensor) for v in value):
@@ -147,9 +150,13 @@ class SpikingJellyBackend(Backend):
 
     @staticmethod
     def _row_memories(module: nn.Module) -> list[tuple[str, Tensor]]:
-        """The memories holding one row per sample, after checking the others can be left alone."""
+        """The memories holding one row per sample, after checking the others can be left alone
+        (``v_seq``, the membranes of the last call, which 0.0.0.0.14 registers as a memory, is
+        rewritten whole by the next call)."""
         rows = []
         for name, value in module._memories.items():
+            if name == "v_seq":
+                continue
             if _per_row(value):
                 rows.append((name, value))
             elif not _unchanged(value, module._memories_rv[name]):
@@ -168,19 +175,30 @@ class SpikingJellyBackend(Backend):
         return v if isinstance(v, Tensor) else None
 
     def is_multistep(self, net: nn.Module) -> bool:
-        return any(getattr(m, "step_mode", "s") == "m" for m in net.modules())
+        """A module in multi-step mode, or a multi-step-only one (``MultiStepContainer``,
+        ``SeqToANNContainer``, ...): the network takes ``[T, N, ...]`` sequences."""
+        whole = (getattr(sj().base, "MultiStepModule", ()), _spiking_rnn())
+        return any(getattr(m, "step_mode", "s") == "m" or isinstance(m, whole) for m in net.modules())
 
     def processes_sequences(self, module: nn.Module) -> bool:
         """Multi-step-only modules other than the step-wise containers (``PSN``, temporal attention, TEBN,
         time-last layers) and the parallel neurons in multi-step mode (``MaskedPSN``, ``SlidingPSN``):
-        each call computes the sequence it is given, as a whole."""
+        each call computes the sequence it is given, as a whole. So does a stateful leaf module in
+        multi-step mode that keeps no memory between calls (``DSRIFNode``, ``DSRLIFNode``: their
+        membrane lives only inside one call)."""
         m = sj()
+        memory = getattr(m.base, "MemoryModule", None)
+        if (memory is not None and isinstance(module, memory) and getattr(module, "step_mode", "s") == "m"
+                and not module._memories and not module._modules):
+            return True
         stepwise = tuple(c for c in (getattr(m.layer, "SeqToANNContainer", None),
                                      getattr(m.layer, "MultiStepContainer", None)) if c is not None)
         multi_only = getattr(m.base, "MultiStepModule", None)
         if multi_only is not None and isinstance(module, multi_only) and not isinstance(module, stepwise):
             return True
         if type(module).__name__ in ("MaskedPSN", "SlidingPSN") and getattr(module, "step_mode", "s") == "m":
+            return True
+        if isinstance(module, _spiking_rnn()):  # rnn.SpikingLSTM / GRU / VanillaRNN: [T, N, F] -> (out, states)
             return True
         return super().processes_sequences(module)
 
@@ -291,6 +309,17 @@ class SpikingJellyBackend(Backend):
         """Version and kernel information for reports."""
         return {"version": self.version, "legacy_api": sj().legacy, "gpu_kernel": self.gpu_kernel,
                 "cuda": torch.cuda.is_available()}
+
+
+@functools.cache
+def _spiking_rnn() -> tuple[type, ...]:
+    """SpikingJelly's whole-sequence spiking RNNs (``rnn.SpikingRNNBase``), where it has them."""
+    sj()  # quiets its import
+    try:
+        from spikingjelly.activation_based.rnn import SpikingRNNBase
+    except ImportError:
+        return ()
+    return (SpikingRNNBase,)
 
 
 def _per_row(value: Any) -> bool:

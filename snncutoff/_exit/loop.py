@@ -12,11 +12,13 @@ decide, record the samples that leave, refill their rows or drop them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..backends.base import LoopsOverTimeError
 from ..cutoff.base import CutoffPolicy
 from ..validation import check_finite, check_int
 from .feeds import Feed
@@ -202,14 +204,18 @@ class Session:
     def run(self, x: Tensor, t_first: int) -> tuple[Tensor, Tensor | None]:
         """Steps ``[k, n, ...]`` -> per-step outputs ``[k, n, C]`` and operations ``[k, n]`` (or None)."""
         k, n = x.shape[:2]
-        if self.first_batch is None:
+        first = self.first_batch is None
+        if first:
             self.first_batch = n
         try:
-            if k == 1 and not self.multistep:
-                y = self.backend.step(self.net, x[0], self.readout)
-                y = y.unsqueeze(0) if isinstance(y, Tensor) and y.dim() == 2 else y
-            else:
-                y = self.backend.run_block(self.net, x, self.readout, self.plan)
+            with self.backend.checking_steps(self.net, n, k) if first and not self.multistep else nullcontext():
+                if k == 1 and not self.multistep:
+                    y = self.backend.step(self.net, x[0], self.readout)
+                    y = y.unsqueeze(0) if isinstance(y, Tensor) and y.dim() == 2 else y
+                else:
+                    y = self.backend.run_block(self.net, x, self.readout, self.plan)
+        except LoopsOverTimeError:
+            raise
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ValueError(self._failure(exc, x)) from exc
         self._check(y, k, n)

@@ -29,6 +29,10 @@ from ..validation import check_device
 Readout = str | Callable[[Any], Tensor]
 
 
+class LoopsOverTimeError(ValueError):
+    """A network run one step per call loops over time itself (see :meth:`Backend.checking_steps`)."""
+
+
 class Backend(ABC):
     """What an adapter implements (DESIGN.md, "The backend contract"), and the shared logic.
 
@@ -330,6 +334,49 @@ class Backend(ABC):
         """One timestep: ``[N, ...] -> [N, C]``; state is kept for the next call."""
         return self._readout(net, net(x_t), readout)
 
+    @contextmanager
+    def checking_steps(self, net: nn.Module, n: int, k: int = 1) -> Iterator[None]:
+        """Around a single-step call of ``net`` covering ``k`` steps of ``n`` samples: refuse a
+        forward that loops over time itself (``for step in range(x.size(0)): ... x[step]``),
+        which, given one step ``[N, ...]``, loops over the samples instead. Seen as a neuron
+        called more than ``k`` times on inputs without the batch dimension (or, when the call
+        fails, called on such an input at all)."""
+        calls: dict[str, int] = {}
+        lost: list[tuple[str, tuple[int, ...]]] = []
+
+        def watch(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple) -> None:
+                calls[name] = calls.get(name, 0) + 1
+                x = args[0] if args else None
+                if isinstance(x, Tensor) and not lost and (x.dim() == 0 or x.shape[0] != n):
+                    lost.append((name, tuple(x.shape)))
+            return hook
+
+        handles = [m.register_forward_pre_hook(watch(name)) for name, m in self.spiking_layers(net)]
+
+        def refusal(failure: str = "") -> LoopsOverTimeError:
+            name, shape = lost[0]
+            return LoopsOverTimeError(
+                f"{type(net).__name__}'s forward called its neuron '{name}' {calls[name]} time(s) for one step of "
+                f"{n} samples, on inputs of shape {list(shape)}: it seems to loop over the first dimension of its "
+                "input as time (for step in range(x.size(0)): ... x[step]), so given one step [N, ...] it loops "
+                "over the samples. collect_trace(..., multistep=True) gives such a network the whole [T, N, ...] "
+                "sequence in one call; early exit needs a forward that takes one step per call (snnTorch: layers "
+                "and Leaky(init_hidden=True) neurons in an nn.Sequential, the last with output=True; "
+                f"SpikingJelly: single-step mode){failure}")
+
+        try:
+            yield
+        except Exception as exc:
+            if lost:
+                raise refusal(f". The call failed: {exc}") from exc
+            raise
+        finally:
+            for h in handles:
+                h.remove()
+        if lost and any(c > k for c in calls.values()):
+            raise refusal()
+
     def run(
         self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto", multistep: bool | None = None
     ) -> Tensor:
@@ -341,7 +388,9 @@ class Backend(ABC):
         """
         if multistep if multistep is not None else self.is_multistep(net):
             return self._readout(net, net(x_seq), readout)
-        return torch.stack([self.step(net, x_seq[t], readout) for t in range(x_seq.shape[0])])
+        with self.checking_steps(net, x_seq.shape[1]):
+            first = self.step(net, x_seq[0], readout)
+        return torch.stack([first, *(self.step(net, x_seq[t], readout) for t in range(1, x_seq.shape[0]))])
 
     def block_plan(self, net: nn.Module, readout: Readout = "auto") -> list[tuple[nn.Module, bool]] | None:
         """How :meth:`run_block` may run a single-step ``net`` layer by layer, or None.
