@@ -35,9 +35,41 @@ _NONLINEAR_NAMES = {
     "exp", "log", "sqrt", "rsqrt", "pow", "square", "softmax", "log_softmax", "softmin", "softplus",
     "softsign", "hardswish", "hardsigmoid", "mish", "selu", "celu", "rrelu", "prelu", "logsigmoid", "glu",
     "threshold", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize",
+    "norm", "vector_norm", "matrix_norm", "linalg_vector_norm", "linalg_matrix_norm", "linalg_norm",
+    "topk", "sort", "kthvalue", "median", "nanmedian", "mode", "var", "std", "prod", "cumprod", "reciprocal",
+    "reciprocal_", "logsumexp", "erf", "sin", "cos", "tan", "log2", "log10", "log1p", "expm1", "exp2", "atan",
+    "float_power", "__pow__", "__rpow__", "__ipow__", "floordiv", "floor_divide", "__floordiv__", "__rfloordiv__",
+    "fmod", "remainder", "__mod__", "__rmod__",
 }
-_NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F) for name in _NONLINEAR_NAMES
+# Comparisons of values computed from the input: a mask made from them (torch.where(h > 1, ...)) is a
+# threshold, non-linear; a comparison that only steers control flow (if x.sum() > 0) is not.
+_COMPARISONS = {"gt", "lt", "ge", "le", "greater", "less", "greater_equal", "less_equal", "__gt__", "__lt__",
+                "__ge__", "__le__"}
+_NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F, torch.linalg) for name in _NONLINEAR_NAMES
                         if callable(getattr(mod, name, None))}
+# Products and quotients, linear only while one side is a constant (a weight, a number): of two
+# values computed from the input (x * y, x @ y, x / y) they are not.
+_PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm",
+             "einsum", "outer", "inner", "dot", "kron"}
+_QUOTIENTS = {"div", "div_", "true_divide", "truediv", "__truediv__", "__itruediv__"}
+_DIVISORS = {"__rtruediv__", "__rdiv__"}  # self is the divisor
+
+
+def _metadata(node: torch.fx.Node) -> bool:
+    """A node reading a tensor's shape, size or type (never its values)."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel", "type", "get_device")
+    return node.op == "call_function" and getattr(node.target, "__name__", "") == "getattr" and len(node.args) > 1 \
+        and node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda")
+
+
+def _product_of_inputs(name: str, operands: list[bool]) -> str | None:
+    """What makes an operation non-linear, given which operands (in order) depend on the input."""
+    if name in _PRODUCTS and sum(operands) >= 2:
+        return f"{name}, a product of two values computed from the input"
+    if (name in _QUOTIENTS and len(operands) > 1 and operands[1]) or (name in _DIVISORS and operands and operands[0]):
+        return f"{name}, a division by a value computed from the input"
+    return None
 
 
 def child_slots(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -103,17 +135,35 @@ def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
     except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
         return None
     found, nonlinear, calls = [], [], {}
+    depends: set[torch.fx.Node] = set()  # nodes whose value is computed from the input
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""
+        args: list[torch.fx.Node] = []
+        torch.fx.node.map_arg((node.args, node.kwargs), args.append)
+        if node.op == "placeholder" or (node.op != "get_attr" and any(a in depends for a in args)
+                                        and not _metadata(node)):
+            depends.add(node)
+        if node not in depends and node.op != "call_module":
+            continue  # computed from weights and numbers alone: a constant of the converted network
+        if node.op in ("call_function", "call_method"):
+            name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+            operands = [isinstance(a, torch.fx.Node) and a in depends for a in node.args]
+            product = _product_of_inputs(name, operands)
+            if product is not None:
+                nonlinear.append((owner, product))
+                continue
         if node.op == "call_function" and node.target in _FUNCTIONAL_RELU:
             found.append((owner, getattr(node.target, "__name__", str(node.target))))
         elif node.op == "call_method" and node.target in _METHOD_RELU:
             found.append((owner, f"Tensor.{node.target}"))
-        elif node.op == "call_function" and node.target in _NONLINEAR_FUNCTIONS:
-            module = "F" if getattr(F, node.target.__name__, None) is node.target else "torch"
+        elif node.op == "call_function" and (node.target in _NONLINEAR_FUNCTIONS or (
+                getattr(node.target, "__module__", "") == "_operator"
+                and node.target.__name__ in _NONLINEAR_NAMES | _COMPARISONS)):
+            module = "F" if getattr(F, node.target.__name__, None) is node.target else (
+                "operator" if node.target.__module__ == "_operator" else "torch")
             nonlinear.append((owner, f"{module}.{node.target.__name__}"))
-        elif node.op == "call_method" and node.target in _NONLINEAR_NAMES:
+        elif node.op == "call_method" and node.target in _NONLINEAR_NAMES | _COMPARISONS:
             nonlinear.append((owner, f"Tensor.{node.target}"))
         elif node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
@@ -150,15 +200,36 @@ def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Finding
     non-linear operations (as :func:`find_nonlinear_operations`): ``(activations, non-linear)``."""
     found, nonlinear, stack, calls = [], [], [""], {}
     names = {m: n for n, m in net.named_modules()}
+    derived = {id(example): example}  # tensors computed from the input (kept alive: their ids stay theirs)
+    masks: dict[int, tuple[str, str]] = {}  # comparisons among them: where they were made
+
+    def from_input(a: object) -> bool:
+        return isinstance(a, Tensor) and id(a) in derived
 
     class Spy(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             name = getattr(func, "__name__", "")
-            if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
+            flat: list = []
+            for a in (*args, *(kwargs or {}).values()):
+                flat.extend(a if isinstance(a, (list, tuple)) else (a,))
+            computed = any(from_input(a) for a in flat)  # else: from weights and numbers alone, a constant
+            product = _product_of_inputs(name, [from_input(a) for a in args]) if computed else None
+            if product is not None:
+                nonlinear.append((stack[-1], product))
+            elif computed and (func in _FUNCTIONAL_RELU or name in _METHOD_RELU):
                 found.append((stack[-1], name))
-            elif name in _NONLINEAR_NAMES:
+            elif computed and name in _NONLINEAR_NAMES:
                 nonlinear.append((stack[-1], name))
-            return func(*args, **(kwargs or {}))
+            if name not in ("__bool__", "item", "any", "all", "__get__"):  # a mask used as a value
+                nonlinear.extend(masks.pop(id(a)) for a in flat if isinstance(a, Tensor) and id(a) in masks)
+            out = func(*args, **(kwargs or {}))
+            if computed and name in _COMPARISONS and isinstance(out, Tensor):
+                masks[id(out)] = (stack[-1], name)
+            if computed:
+                for o in out if isinstance(out, (list, tuple)) else (out,):
+                    if isinstance(o, Tensor):
+                        derived[id(o)] = o
+            return out
 
     def pre(m, _):
         stack.append(names.get(m, ""))

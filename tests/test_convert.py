@@ -131,6 +131,15 @@ class Functional(nn.Module):
     (lambda h: torch.max(h, h.flip(0)), "max"),
     (lambda h: h.floor(), "floor"),
     (lambda h: h.softmax(1), "softmax"),
+    (lambda h: h * h, "a product of two values computed from the input"),
+    (lambda h: h * h.mean((2, 3), keepdim=True), "a product of two values computed from the input"),
+    (lambda h: h @ h.transpose(2, 3), "matmul, a product of two values"),
+    (lambda h: h**2, "pow"),
+    (lambda h: h / h.sum(), "a division by a value computed from the input"),
+    (lambda h: 1 / (1 + h), "a division by a value computed from the input"),
+    (lambda h: h / torch.linalg.vector_norm(h), "vector_norm"),
+    (lambda h: torch.topk(h.flatten(1), 2).values, "topk"),
+    (lambda h: torch.where(h > 1, h, torch.zeros_like(h)), "gt"),
 ])
 def test_nonlinear_operations_in_forward_are_refused(op, what, untraceable):
     # the same operation as a module is refused (MaxPool) or impossible: its functional form must be too
@@ -155,13 +164,20 @@ def test_linear_operations_in_forward_still_convert():
             super().__init__()
             self.c, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
 
+            self.scale, self.log_gain = nn.Parameter(torch.full((1, 2, 1, 1), 0.5)), nn.Parameter(torch.zeros(1))
+
         def forward(self, x):
             h = self.act(self.c(x))
             h = F.avg_pool2d(h, 2) + 0.5 * F.avg_pool2d(h, 2)
+            # products and quotients with weights and numbers, even non-linear functions of weights alone
+            h = h * self.scale / 4 * torch.exp(self.log_gain) * self.scale.sum() ** 2 + h @ torch.eye(2) / x.size(0)
             return torch.cat([h.mean((2, 3)), h.flatten(1).sum(1, keepdim=True)], 1).view(x.shape[0], -1)
 
-    snn, acts = convert_ann(nn.Sequential(Linearish(), nn.Linear(3, 2)), Probe, IF(threshold=1.0))
+    snn, acts = convert_ann(nn.Sequential(Linearish(), nn.Linear(3, 2)), Probe, IF(threshold=1.0))  # traced
     assert [a.path for a in acts] == ["0.act"]
+    from snncutoff.graph import check_by_running  # the check of a network fx cannot trace
+
+    assert check_by_running(nn.Sequential(Linearish(), nn.Linear(3, 2)), torch.rand(3, 1, 4, 4)) == ([], [])
 
 
 def test_maxpool_needs_avg():
