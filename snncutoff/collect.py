@@ -21,7 +21,7 @@ from .backends import resolve
 from .backends.base import LoopsOverTimeError
 from .summary import TraceSummary, summarize
 from .trace import Trace, cumulative
-from .validation import INPUT_HINT, batch_labels, check_choice, check_device, check_finite, check_int
+from .validation import INPUT_HINT, batch_labels, check_choice, check_device, check_finite, check_int, check_labels
 
 Encoder = str | Callable[[Tensor, int], Tensor]
 ENCODERS = ("direct", "frames", "time_major", "none")
@@ -242,9 +242,10 @@ def collect_trace(
             classes = out.shape[2]
             if keep == "full":
                 outputs.append(out.float().cpu())
-            else:  # the batch's statistics only: its outputs are dropped here
+            else:  # the batch's statistics only: its outputs are dropped here (checked as a Trace checks them)
                 cum = cumulative(out.float().cpu())
-                outputs.append(summarize(cum, labels[-1], max_set_size))
+                check_finite(f"the cumulative outputs of batch {i}", cum)
+                outputs.append(summarize(cum, check_labels(labels[-1], cum.shape[1], classes), max_set_size))
     finally:
         backend.reset(net)
         net.train(was_training)

@@ -33,7 +33,17 @@ from torch import Tensor
 
 from . import stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
-from .validation import check_device, check_labels, check_meta, check_ops, check_path, json_ready
+from .validation import (
+    check_device,
+    check_finite,
+    check_index,
+    check_int,
+    check_labels,
+    check_meta,
+    check_ops,
+    check_path,
+    json_ready,
+)
 
 FORMAT = "snncutoff-trace-summary/1"
 FIELDS = ("predictions", "gaps", "softmax_argmax", "max_softmax", "max_softmax_of_mean", "normalized_entropy",
@@ -81,14 +91,28 @@ class TraceSummary:
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.statistics, dict):
+            raise TypeError(f"statistics must be a dict of tensors, got {type(self.statistics).__name__}")
         missing = [f for f in (*FIELDS, "smallest_nonconformity") if f not in self.statistics]
         if missing:
             raise ValueError(f"a trace summary needs the statistics {', '.join(missing)}")
-        T, N = self.statistics["predictions"].shape
+        object.__setattr__(self, "C", check_int("C", self.C, 1))
         for name, value in self.statistics.items():
-            if not isinstance(value, Tensor) or tuple(value.shape[:2]) != (T, N):
-                raise ValueError(f"summary statistic {name!r} must be [T, N] = [{T}, {N}], got "
-                                 f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}")
+            if not isinstance(value, Tensor) or value.dim() < 2:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"summary statistic {name!r} must be a [T, N] tensor, got {got}")
+        T, N = self.statistics["predictions"].shape[:2]
+        if T < 1 or N < 1:
+            raise ValueError(f"a trace summary needs T >= 1 and N >= 1, got T = {T}, N = {N}")
+        for name, value in self.statistics.items():
+            if tuple(value.shape[:2]) != (T, N):
+                raise ValueError(f"summary statistic {name!r} must be [T, N] = [{T}, {N}], got {tuple(value.shape)}")
+            if value.is_floating_point():
+                check_finite(f"summary statistic {name!r}", value)
+            elif name in ("predictions", "softmax_argmax") and not (
+                    int(value.min()) >= 0 and int(value.max()) < self.C):
+                raise ValueError(f"summary statistic {name!r} must hold classes in [0, C) = [0, {self.C}), got "
+                                 f"{int(value.min())} .. {int(value.max())}")
         object.__setattr__(self, "labels", check_labels(self.labels, N, self.C))
         if self.ops is not None:
             object.__setattr__(self, "ops", check_ops(self.ops, T, N))
@@ -132,8 +156,7 @@ class TraceSummary:
 
     def subset(self, index: Tensor) -> TraceSummary:
         """The samples ``index`` (``[K]`` indices or an ``[N]`` bool mask)."""
-        if isinstance(index, Tensor) and index.dtype == torch.bool:
-            index = index.nonzero().flatten()
+        index = check_index(index, self.N)
         s = {k: v[:, index] for k, v in self.statistics.items()}
         ops = None if self.ops is None else self.ops[:, index]
         return TraceSummary(s, self.labels[index], self.C, ops, dict(self.meta))

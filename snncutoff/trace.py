@@ -27,7 +27,16 @@ from torch import Tensor
 
 from . import stats
 from .io import CorruptFileError, atomic_torch_save, load_torch
-from .validation import check_device, check_labels, check_meta, check_ops, check_outputs, check_path, json_ready
+from .validation import (
+    check_device,
+    check_index,
+    check_labels,
+    check_meta,
+    check_ops,
+    check_outputs,
+    check_path,
+    json_ready,
+)
 
 FORMAT_VERSION = 1
 
@@ -145,18 +154,7 @@ class Trace:
 
     def subset(self, index: Tensor) -> Trace:
         """The samples ``index`` (``[K]`` indices or an ``[N]`` bool mask), in that order, with their ops and meta."""
-        if not isinstance(index, Tensor) or index.dim() != 1:
-            raise TypeError("index must be a 1-D tensor of sample indices or an [N] bool mask")
-        if index.dtype == torch.bool:
-            if index.shape[0] != self.N:
-                raise ValueError(f"a bool mask must have shape [N] = [{self.N}], got {tuple(index.shape)}")
-            index = index.nonzero().flatten()
-        if index.is_floating_point():
-            raise TypeError(f"index must hold integer sample indices (or be an [N] bool mask), got {index.dtype}")
-        if index.numel() and not (-self.N <= int(index.min()) and int(index.max()) < self.N):
-            raise IndexError(f"sample indices must lie in [0, N) = [0, {self.N}) (or -N .. -1 from the end), "
-                             f"got {int(index.min())} .. {int(index.max())}")
-        index = index.to(self.outputs.device)
+        index = check_index(index, self.N).to(self.outputs.device)
         ops = None if self.ops is None else self.ops[:, index.to(self.ops.device)]
         return Trace(self.outputs[:, index], self.labels[index], ops, dict(self.meta))
 

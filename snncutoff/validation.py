@@ -210,6 +210,22 @@ def check_labels(labels: Any, n: int, num_classes: int) -> Tensor:
     return labels
 
 
+def check_index(index: Any, n: int) -> Tensor:
+    """Sample indices ``[K]`` (in ``[-N, N)``) or an ``[N]`` bool mask, as int64 indices."""
+    if not isinstance(index, Tensor) or index.dim() != 1:
+        raise TypeError("index must be a 1-D tensor of sample indices or an [N] bool mask")
+    if index.dtype == torch.bool:
+        if index.shape[0] != n:
+            raise ValueError(f"a bool mask must have shape [N] = [{n}], got {tuple(index.shape)}")
+        index = index.nonzero().flatten()
+    if index.is_floating_point() or index.is_complex():
+        raise TypeError(f"index must hold integer sample indices (or be an [N] bool mask), got {index.dtype}")
+    if index.numel() and not (-n <= int(index.min()) and int(index.max()) < n):
+        raise IndexError(f"sample indices must lie in [0, N) = [0, {n}) (or -N .. -1 from the end), "
+                         f"got {int(index.min())} .. {int(index.max())}")
+    return index.long()
+
+
 def check_meta(meta: Any) -> dict:
     """A trace's ``meta``: a dict, returned as a JSON-ready copy (:func:`json_ready`)."""
     if not isinstance(meta, dict):

@@ -164,6 +164,8 @@ def test_nan_output_is_reported(backend):
         snn[-1].weight[3, 0] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or infinite value\(s\); the first is at \(t, n\) = \(0, 0\)"):
         sc.collect_trace(backend, snn, data, T=2, progress=False)
+    with pytest.raises(ValueError, match=r"batch 0 holds .* NaN or infinite value\(s\); the first is at \(t, n\)"):
+        sc.collect_trace(backend, snn, data, T=2, keep="summary", progress=False)
 
 
 def test_nan_input_is_reported(backend):
