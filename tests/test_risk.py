@@ -194,6 +194,20 @@ def test_sweep_over_max_loss_matches_separate_fits():
     assert swept[0].mean_steps >= swept[-1].mean_steps  # a looser bound exits earlier
 
 
+@pytest.mark.parametrize("rule", [LearnedExit(), TopKGap(), Conformal()], ids=lambda r: type(r).__name__)
+def test_a_sweep_leaves_a_fitted_rule_as_it_was(rule):
+    cal, other, test = _pool(N=1500, seed=4), _pool(N=1500, seed=7), _pool(N=500, seed=5)
+    rc = RiskControl(rule, max_loss=0.05).fit(cal)
+    before = rc.evaluate(test)
+    state = rc.initial_state(test.N)
+    online = [rc.exit_now(t, test.outputs[t], state) for t in range(test.T)]
+    sc.sweep(rc, other, test, [0.01, 0.1])  # fits the wrapped rule again on other data, for the sweep only
+    after = rc.evaluate(test)
+    assert torch.equal(before.exit_step, after.exit_step) and torch.equal(before.predictions, after.predictions)
+    state = rc.initial_state(test.N)
+    assert all(torch.equal(a, rc.exit_now(t, test.outputs[t], state)) for t, a in enumerate(online))
+
+
 def test_report_of_a_fitted_rule():
     rc = RiskControl(Stability(), max_loss=0.05, delta=0.2).fit(_pool(N=1000, seed=6))
     assert rc.certified_loss_ == 0.05 and 1 <= rc.value_ <= 12 and rc.start_ >= 1

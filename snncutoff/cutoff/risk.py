@@ -190,12 +190,12 @@ class RiskControl(CutoffPolicy):
             raise AttributeError(f"{self!r} is not fitted: call fit(calibration_trace)")
         return self.rule_
 
-    def _test_losses(self, calibration: Trace, fit_on: Trace | None) -> tuple[list[tuple[int, Any]], Tensor, Tensor,
-                                                                               int]:
-        """Fit the wrapped rule and test every member of the sequence.
+    def _test_losses(self, calibration: Trace, fit_on: Trace | None) -> tuple[CutoffPolicy, list[tuple[int, Any]],
+                                                                               Tensor, Tensor, int]:
+        """Fit the wrapped rule and test every member of the sequence (``self`` is left as it is).
 
-        Returns ``(members, thresholds [M, T], unit losses [M], n)``; member ``(start, value)`` is the
-        rule at ``value`` with no exit before step ``start`` (a NaN threshold before it)."""
+        Returns ``(rule, members, thresholds [M, T], unit losses [M], n)``; member ``(start, value)`` is
+        the rule at ``value`` with no exit before step ``start`` (a NaN threshold before it)."""
         T = calibration.T
         rule = self.policy.with_param(self.policy.risk_grid(T)[0] if self.grid is None else self.grid[0])
         values = list(self.grid) if self.grid is not None else rule.risk_grid(T)
@@ -234,8 +234,7 @@ class RiskControl(CutoffPolicy):
         wrong = test_part.predictions()[exits - 1, rows] != test_part.labels  # [M, n]
         if self.loss == "relative":
             wrong &= test_part.correct()[-1]  # flips: wrong at exit, right at T
-        self.rule_ = rule
-        return [(start, values[i]) for start, i in members], thresholds, wrong.sum(dim=1), test_part.N
+        return rule, [(start, values[i]) for start, i in members], thresholds, wrong.sum(dim=1), test_part.N
 
     def _select(self, counts: Tensor, n: int, max_loss: float) -> tuple[int, list[float]]:
         """Fixed-sequence testing: index of the last member rejected before the first that is not (-1: none)."""
@@ -259,7 +258,7 @@ class RiskControl(CutoffPolicy):
                 sample tests it); default: a seeded ``fit_fraction`` of ``calibration``.
         """
         self._check_trace(calibration)
-        members, thresholds, counts, n = self._test_losses(calibration, fit_on)
+        self.rule_, members, thresholds, counts, n = self._test_losses(calibration, fit_on)
         chosen, p = self._select(counts, n, self.max_loss)
         self.p_values_ = p
         self.risks_ = [c / n for c in counts.tolist()[: len(p)]]
@@ -297,14 +296,20 @@ class RiskControl(CutoffPolicy):
     def _fused_step(self, t0: int | Tensor, outputs: Tensor, state: Tensor) -> Tensor | None:
         return self._rule()._fused_step(t0, outputs, state)
 
-    def _thresholds(self, calibration: Trace | None, values: Sequence[float], T: int | None) -> Tensor:
-        """``[E, T]`` certified thresholds for E values of ``max_loss`` (one test of the sequence serves all)."""
-        _, thresholds, counts, n = self._test_losses(calibration, None)
+    def _certified(self, calibration: Trace, values: Sequence[float], T: int) -> tuple[CutoffPolicy, Tensor]:
+        """The wrapped rule fitted on ``calibration`` and ``[E, T]`` certified thresholds for E values of
+        ``max_loss`` (one test of the sequence serves all); a fitted ``self`` is left as it is."""
+        rule, _, thresholds, counts, n = self._test_losses(calibration, None)
         rows = []
         for v in values:
             chosen, _ = self._select(counts, n, _open_unit("max_loss", v))
             rows.append(thresholds[chosen] if chosen >= 0 else self._never(T).to(thresholds))
-        return torch.stack(rows)
+        return rule, torch.stack(rows)
+
+    def _sweep_exits(self, calibration: Trace | None, test: Trace, values: Sequence[Any]) -> Tensor:
+        rule, thresholds = self._certified(calibration, values, test.T)
+        scores = rule._trace_scores(test)
+        return torch.cat([first_exit(rule._passes(scores, thr.unsqueeze(-1))) for thr in thresholds.split(8)])
 
     def risk_grid(self, T: int) -> list[float]:
         return [0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
