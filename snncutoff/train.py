@@ -23,6 +23,7 @@ import json
 import os
 import random
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,7 +173,11 @@ class Trainer:
         self.config = config or TrainConfig()
         self.backend = None if backend is None else resolve(backend)
         self.device = check_device(device) or torch.device("cpu")
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be a folder path, got {type(checkpoint_dir).__name__}")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume and self.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir= (the folder holding last.pt)")
         self.resume = resume
         self.progress = progress
         if backend is None and self.config.loss != "ce":
@@ -293,8 +298,11 @@ class Trainer:
         self.history_: list[dict] = []
         self.best_accuracy_ = 0.0
         start = 0
-        if self.resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists():
+        if self.resume and (self.checkpoint_dir / "last.pt").exists():
             start = self._load(self.checkpoint_dir / "last.pt", opt, sched, train_loader)
+        elif self.resume:
+            warnings.warn(f"resume=True, but {self.checkpoint_dir / 'last.pt'} does not exist: training from the "
+                          "start", stacklevel=2)
         if start == 0:
             self.thresholds_ = self._initial_thresholds(model, train_loader)
         show = self.progress and rank == 0
@@ -345,9 +353,11 @@ class Trainer:
             if show:
                 tqdm.write(json.dumps(record), file=sys.stderr)
             if rank == 0 and self.checkpoint_dir is not None:
-                self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1, train_loader)
+                # best.pt first: a run stopped between the two writes resumes from the epoch before and
+                # writes the same best.pt again
                 if improved:
                     self._save(self.checkpoint_dir / "best.pt", opt, sched, epoch + 1, train_loader)
+                self._save(self.checkpoint_dir / "last.pt", opt, sched, epoch + 1, train_loader)
         self.epoch_ = c.epochs
         return self
 
@@ -378,10 +388,17 @@ class Trainer:
     def _load(self, path: Path, opt, sched, loader: DataLoader) -> int:
         ckpt = load_torch(path, "snncutoff training checkpoint",
                           f"delete {path} to train from the start (resume=False / without --resume)", self.device)
-        missing = [k for k in ("model", "optimizer", "scheduler", "epoch", "config", "rng") if k not in ckpt]
+        keys = ("model", "optimizer", "scheduler", "epoch", "config", "rng", "best_accuracy", "history")
+        missing = [k for k in keys if k not in ckpt]
         if missing:
             raise CorruptFileError(f"{path} cannot be resumed from: it lacks {', '.join(missing)} (written by another "
                                    "program or an older snncutoff); delete it to train from the start")
+        epoch = ckpt["epoch"]
+        if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["history"], list) or isinstance(epoch, bool) \
+                or not isinstance(epoch, int) or not 0 <= epoch <= self.config.epochs:
+            raise CorruptFileError(f"{path} cannot be resumed from: its config, history or epoch ({epoch!r}) is not "
+                                   f"what snncutoff writes (an epoch in 0 .. {self.config.epochs}); delete it to train "
+                                   "from the start")
         saved, now = _comparable(ckpt["config"]), _comparable(asdict(self.config))
         if saved != now:
             raise ValueError(f"checkpoint {path} was written with a different config "
@@ -390,13 +407,18 @@ class Trainer:
         mismatch = state_dict_mismatch(self.model, ckpt["model"])
         if mismatch:
             raise ValueError(f"checkpoint {path} does not match the model: {mismatch}")
-        self.model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        self.best_accuracy_ = ckpt["best_accuracy"]
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            self.best_accuracy_ = check_number("best_accuracy", ckpt["best_accuracy"])
+            set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CorruptFileError(f"{path} cannot be resumed from: restoring its state failed ({type(exc).__name__}: "
+                                   f"{exc}); delete it to "
+                                   "train from the start") from None
         self.history_ = list(ckpt["history"])
-        set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
-        return int(ckpt["epoch"])
+        return epoch
 
 
 def _threshold(neuron: nn.Module) -> float | Tensor:

@@ -49,7 +49,7 @@ REFUSED = [
     (lambda: TraceSummary({**TRACE.summary().statistics, "predictions": TRACE.predictions() + 3}, TRACE.labels,
                           TRACE.C), ValueError, r"'predictions' must hold classes in \[0, C\) = \[0, 3\)"),
     (lambda: TraceSummary({**TRACE.summary().statistics, "gaps": [1, 2]}, TRACE.labels, TRACE.C), ValueError,
-     "'gaps' must be a \[T, N\] tensor, got list"),
+     r"'gaps' must be a \[T, N\] tensor, got list"),
     (lambda: TraceSummary(TRACE.summary().statistics, TRACE.labels, "five"), TypeError, "C must be an integer"),
     (lambda: TRACE.summary().subset(torch.tensor([0, 12])), IndexError, r"in \[0, N\) = \[0, 12\)"),
     (lambda: TRACE.summary().subset(torch.tensor([], dtype=torch.long)), ValueError, "N >= 1"),

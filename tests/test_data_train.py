@@ -15,6 +15,7 @@ from torch import nn
 import snncutoff as sc
 from snncutoff import data, models
 from snncutoff.data import DatasetNotFoundError
+from snncutoff.io import CorruptFileError
 from snncutoff.layers import TEBN
 from snncutoff.losses import MeanOutputLoss, TETLoss
 from snncutoff.regularizers import rcs_ann, rcs_snn
@@ -307,6 +308,78 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     t = Trainer(models.get("cnn"), TrainConfig(epochs=3, lr=3e-3), checkpoint_dir=tmp_path, resume=True,
                 progress=False).fit(train)
     assert [h["epoch"] for h in t.history_] == [1, 2, 3]
+
+
+def test_a_run_stopped_between_best_and_last_resumes_to_the_same_best(tmp_path, monkeypatch):
+    import snncutoff.train as train_module
+
+    cfg = TrainConfig(epochs=2, lr=3e-3)
+    seed_everything(0)
+    Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "whole", progress=False).fit(
+        *data.digits().loaders(batch_size=256))
+    save, written = train_module.atomic_torch_save, []
+
+    def stop_at_the_second_last(payload, path):
+        if path.name == "last.pt" and payload["epoch"] == 2:
+            raise KeyboardInterrupt
+        written.append((path.name, payload["epoch"]))
+        return save(payload, path)
+
+    monkeypatch.setattr(train_module, "atomic_torch_save", stop_at_the_second_last)
+    seed_everything(0)
+    train, test = data.digits().loaders(batch_size=256)  # (a loader's own generator moves on as it shuffles)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "cut", progress=False).fit(train, test)
+    monkeypatch.setattr(train_module, "atomic_torch_save", save)
+    assert written[-1] == ("best.pt", 2)  # epoch 2 improved: best.pt came first
+    Trainer(models.get("cnn"), cfg, checkpoint_dir=tmp_path / "cut", resume=True, progress=False).fit(
+        *data.digits().loaders(batch_size=256))
+    for name in ("best.pt", "last.pt"):
+        a, b = (torch.load(tmp_path / run / name, weights_only=True) for run in ("whole", "cut"))
+        assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def _damaged(ckpt: dict, **changes) -> dict:
+    """``ckpt`` with keys replaced (or deleted where the change is None)."""
+    out = dict(ckpt)
+    for key, value in changes.items():
+        if value is None:
+            del out[key]
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rng": {"x": 1}}, "restoring its state failed"),
+    ({"optimizer": {}}, "restoring its state failed"),
+    ({"best_accuracy": None}, "lacks best_accuracy"),
+    ({"best_accuracy": "high"}, "restoring its state failed"),
+    ({"config": None}, "lacks config"),
+    ({"config": [1]}, r"its config, history or epoch"),
+    ({"epoch": -5}, r"epoch \(-5\)"),
+    ({"epoch": 9}, r"epoch \(9\) .* in 0 \.\. 1"),
+])
+def test_a_damaged_training_checkpoint_is_named_on_resume(tmp_path, changes, message):
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
+    seed_everything(0)
+    Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path, progress=False).fit([(x, y)])
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    torch.save(_damaged(ckpt, **changes), tmp_path / "last.pt")
+    with pytest.raises(CorruptFileError, match=f"{tmp_path / 'last.pt'}.*{message}"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path, resume=True,
+                progress=False).fit([(x, y)])
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    x, y = torch.randn(32, 1, 8, 8), torch.arange(32) % 10
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=1), resume=True)
+    with pytest.raises(TypeError, match="checkpoint_dir must be a folder path"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=123)
+    with pytest.warns(UserWarning, match="last.pt does not exist: training from the start"):
+        Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path / "typo", resume=True,
+                progress=False).fit([(x, y)])
 
 
 def test_trainer_errors():
