@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -112,9 +113,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    """Write ``obj`` as indented, strict JSON (a NaN or infinite float written as null), atomically."""
+    text = json.dumps(_strict(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     return _atomic(path, lambda f: f.write(text.encode()))
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:

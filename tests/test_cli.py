@@ -1,6 +1,7 @@
 """snncutoff-bench through click's CliRunner, on tiny settings."""
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -207,6 +208,81 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.exit_code == 1 and "not a snncutoff checkpoint" in plain.output and "Traceback" not in plain.output
     debug = CliRunner().invoke(main, ["--debug", *args])
     assert debug.exit_code == 1 and "Traceback" in debug.output
+    after = CliRunner().invoke(main, [*args, "--debug"])  # after the command as well
+    assert after.exit_code == 1 and "Traceback" in after.output
+
+
+def test_a_folder_holding_another_commands_results_is_refused(compared, tmp_path):
+    out, _, _ = compared
+    before = (out / "results.json").read_bytes()
+    res = CliRunner().invoke(main, ["sweep", "--traces", str(out / "traces"), "--output-dir", str(out), "--quiet"])
+    assert res.exit_code == 1 and "holds the results of a `compare` run" in res.output, res.output
+    assert (out / "results.json").read_bytes() == before
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "--epochs", "1", "--output-dir", str(tmp_path), "--quiet"]).exit_code == 0
+    last = (tmp_path / "last.pt").read_bytes()
+    res = runner.invoke(main, ["train", "--epochs", "1", "--output-dir", str(tmp_path), "--quiet"])
+    assert res.exit_code == 1 and "holds a training run" in res.output and "--resume" in res.output, res.output
+    assert (tmp_path / "last.pt").read_bytes() == last
+
+
+def test_staging_folders_of_stopped_runs_are_cleared_or_completed(tmp_path):
+    """A run killed (SIGKILL) before its publish leaves .incomplete-<pid>-*: removed by the next
+    run; one killed during its publish is completed (the list of its files was written first)."""
+    import subprocess
+    import sys
+
+    from snncutoff_bench.cli import _publish, _recover
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    old = {"results.json": b'{"run": "old"}', "pareto.png": b"old", "traces/snntorch-test.pt": b"old",
+           "traces/spikingjelly-test.pt": b"old", "mine.txt": b"user"}
+    for rel, data in old.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    unfinished = tmp_path / f".incomplete-{dead}-a"
+    (unfinished / "traces").mkdir(parents=True)
+    (unfinished / "traces" / "snntorch-test.pt").write_bytes(b"never published")
+    alive = tmp_path / f".incomplete-{os.getpid()}-b"  # a run still going: left alone
+    alive.mkdir()
+    half = tmp_path / f".incomplete-{dead}-c"
+    new = {"results.json": b'{"run": "new"}', "pareto.png": b"new", "traces/snntorch-test.pt": b"new"}
+    for rel, data in new.items():
+        (half / rel).parent.mkdir(parents=True, exist_ok=True)
+        (half / rel).write_bytes(data)
+
+    import snncutoff_bench.cli as cli
+
+    moves = 0
+    real_replace = os.replace
+
+    def killed_after_one_move(src, dst):
+        nonlocal moves
+        moves += 1
+        if moves == 2:
+            raise KeyboardInterrupt  # (SIGKILL would stop it the same way, with nothing run after)
+        real_replace(src, dst)
+
+    cli.os.replace = killed_after_one_move
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _publish(half, tmp_path)
+    finally:
+        cli.os.replace = real_replace
+    assert not (tmp_path / "results.json").exists()  # stopped midway
+    _recover(tmp_path)
+    files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert files == {**new, "mine.txt": b"user"}  # the new run whole, the old traces gone, the user's file kept
+    assert sorted(p.name for p in tmp_path.glob(".incomplete-*")) == [alive.name]
+
+
+def test_results_json_is_strict_json(tmp_path):
+    from snncutoff.io import atomic_write_json
+
+    atomic_write_json({"a": float("nan"), "b": [1.5, float("inf")], "c": "x"}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": [1.5, None], "c": "x"}
 
 
 def test_info_and_speed(tmp_path):

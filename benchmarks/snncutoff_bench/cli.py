@@ -11,8 +11,10 @@ import functools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import click
 
 from snncutoff.data import DATASETS
+from snncutoff.io import atomic_write_json
 from snncutoff.models import MODELS
 
 from .config import POLICIES, BenchConfig, BenchInputError
@@ -30,21 +33,31 @@ class BenchError(click.ClickException):
 
 
 def handle_errors(fn):
-    """Turn library exceptions into one-line click errors unless ``--debug`` is set."""
+    """Turn library exceptions into one-line click errors unless ``--debug`` is set (before the
+    command or after it); a SIGTERM stops the command as Ctrl-C does (its clean-up runs)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, debug: bool = False, **kwargs):
         ctx = click.get_current_context()
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the point is to format any failure
-            if ctx.find_root().params.get("debug"):
+            if debug or ctx.find_root().params.get("debug"):
                 traceback.print_exc()
             raise BenchError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
-    return wrapper
+    return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,14 +71,17 @@ def _split_csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
-def _output_dir(path: str | None, command: str) -> Path:
+def _output_dir(path: str | None, command: str, kind: str | None = None) -> Path:
     """The run's output folder, created now (so an unwritable place fails before any work).
 
     Without ``--output-dir``: ``./snncutoff-results/<command>-<timestamp>-<pid>[-k]``, created
-    exclusively, so two runs started in the same second never share (or read) one."""
+    exclusively, so two runs started in the same second never share (or read) one. A given
+    folder holding another command's results (results.json of another ``kind`` of run, default
+    ``command``) is refused: its files would be overwritten."""
     if path:
         out = Path(path)
         _writable(out, "--output-dir")
+        _refuse_others(out, kind or command)
         return out
     base = Path("snncutoff-results") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     _writable(base.parent, "the results folder")
@@ -77,6 +93,19 @@ def _output_dir(path: str | None, command: str) -> Path:
         except FileExistsError:
             continue
     raise BenchError(f"cannot create a fresh folder next to {base}")
+
+
+def _refuse_others(out: Path, kind: str) -> None:
+    """A ``BenchError`` when ``out/results.json`` is the result of another kind of run than ``kind``."""
+    f = out / "results.json"
+    try:
+        schema = json.loads(f.read_text()).get("schema", "") if f.is_file() else ""
+    except (OSError, ValueError, AttributeError):
+        return  # not one of ours: the run replaces it as it would any results.json
+    other = schema.split("/")[1] if isinstance(schema, str) and schema.count("/") == 2 else None
+    if other and other != kind:
+        raise BenchError(f"--output-dir {out} holds the results of a `{other}` run ({f}), which this `{kind}` run "
+                         "would overwrite; pass another folder, or delete that run's files first")
 
 
 def _writable(folder: Path, what: str) -> None:
@@ -151,22 +180,61 @@ def _config(**kw) -> BenchConfig:
 def _publish(stage: Path, out: Path) -> None:
     """Move a finished run's files from its staging folder ``stage`` into ``out``.
 
-    The previous run's results.json goes first and the new one comes last, and the previous
-    run's trace files (``traces/<backend>-<part>.pt``) are removed, so ``out`` never holds a
-    results.json beside another run's files.
-    Until this point (a run stopped early) ``out`` keeps the previous run as it was."""
+    The list of the new run's files is written first (``stage/.publish.json``), so a move
+    stopped midway is completed by the next run into ``out`` (:func:`_recover`). The previous
+    run's results.json goes first and the new one comes last, and the previous run's trace
+    files (``traces/<backend>-<part>.pt``) are removed, so ``out`` never holds a results.json
+    beside another run's files. Until this point (a run stopped early) ``out`` keeps the
+    previous run as it was."""
+    files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file() and p.name != "results.json")
+    atomic_write_json(files, stage / ".publish.json")
+    _complete(stage, out, files)
+
+
+def _complete(stage: Path, out: Path, files: list[str]) -> None:
+    """:func:`_publish` from wherever it stopped: every step can be repeated."""
     from snncutoff import backends
 
-    (out / "results.json").unlink(missing_ok=True)
-    for name in backends.names():  # compare's own trace files (any other file in the folder is left alone)
+    if (stage / "results.json").exists():  # (else the new one is in place already)
+        (out / "results.json").unlink(missing_ok=True)
+    for name in backends.names():  # the previous run's traces (any other file in the folder is left alone)
         for part in ("train", "calibration", "test"):
-            (out / "traces" / f"{name}-{part}.pt").unlink(missing_ok=True)
-    for f in sorted(p for p in stage.rglob("*") if p.is_file() and p.name != "results.json"):
-        target = out / f.relative_to(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target)
-    os.replace(stage / "results.json", out / "results.json")
+            if f"traces/{name}-{part}.pt" not in files:
+                (out / "traces" / f"{name}-{part}.pt").unlink(missing_ok=True)
+    for rel in files:
+        if (stage / rel).exists():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, out / rel)
+    if (stage / "results.json").exists():
+        os.replace(stage / "results.json", out / "results.json")
     shutil.rmtree(stage)
+
+
+def _recover(out: Path) -> None:
+    """Staging folders in ``out`` of runs no longer running: a publish they began is completed,
+    the files of a run stopped before it are removed."""
+    for stage in out.glob(".incomplete-*"):
+        parts = stage.name.split("-")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        if not stage.is_dir() or pid is None or _running(pid):
+            continue
+        try:
+            files = json.loads((stage / ".publish.json").read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(stage, ignore_errors=True)
+            continue
+        _complete(stage, out, files)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finish(results: dict, out: Path, as_json: bool, table: str, quiet: bool, stage: Path | None = None) -> None:
@@ -202,12 +270,14 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
     rank, world = distributed_init(cfg.device)  # under torchrun: every process runs, rank 0 writes
     if world > 1 and not output_dir:
         raise BenchError("under torchrun, pass --output-dir (every process must agree on it; rank 0 writes)")
-    out = _output_dir(output_dir, name) if rank == 0 else Path(output_dir)
+    out = _output_dir(output_dir, name, "compare") if rank == 0 else Path(output_dir)
     if not cfg.extra.get("checkpoint") and rank == 0:
         _writable(cache_dir(cfg), "--cache-dir")
     # the run writes into a staging folder inside out, moved into place once complete: a run stopped
     # early leaves a folder used before as it was (and its own files in .incomplete-<random>)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".incomplete-")) if rank == 0 else out
+    if rank == 0:
+        _recover(out)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=f".incomplete-{os.getpid()}-")) if rank == 0 else out
     try:
         results, traces = run_compare(cfg, stage, quiet=quiet or rank != 0, command=_command_line(),
                                       write=rank == 0)

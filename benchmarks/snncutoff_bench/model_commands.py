@@ -54,11 +54,13 @@ def train(output_dir, quiet, as_json, resume, **kw) -> None:
     except BenchInputError as exc:
         raise BenchError(str(exc)) from exc
     out = _output_dir(output_dir, "train")
-    if resume:  # a mistyped folder would silently start over
-        runs = [out / "last.pt"] if cfg.route == "convert" else [out / n / "last.pt" for n in names]
-        if not any(p.is_file() for p in runs):
-            raise BenchError(f"--resume: {out} holds no run to continue ({runs[0]} is missing); check the folder, "
-                             "or leave out --resume to start a new run")
+    runs = [out / "last.pt"] if cfg.route == "convert" else [out / n / "last.pt" for n in names]
+    if resume and not any(p.is_file() for p in runs):  # a mistyped folder would silently start over
+        raise BenchError(f"--resume: {out} holds no run to continue ({runs[0]} is missing); check the folder, "
+                         "or leave out --resume to start a new run")
+    if not resume and any(p.is_file() for p in runs):  # a finished run would be trained over
+        raise BenchError(f"{out} holds a training run ({next(p for p in runs if p.is_file())}): pass --resume to "
+                         "continue it, or another --output-dir to start a new one")
     split = load_split(cfg)
     loaders = split.loaders(cfg.batch_size, seed=cfg.seed)
     tc = cfg.train_config()
