@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -144,8 +145,9 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
         mmap: map the file's tensors into memory instead of reading them (torch's ``mmap=True``).
     Raises:
         FileNotFoundError: no such file.
-        CorruptFileError: empty, truncated, not a torch file, holding objects other than
-            tensors and plain data (it is never executed), or not a dict.
+        CorruptFileError: empty, truncated, damaged (a zip file whose checksums do not match:
+            checked whole unless ``mmap``, which reads only what is used), not a torch file,
+            holding objects other than tensors and plain data (it is never executed), or not a dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -170,6 +172,20 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
         else:
             why = f"it is a truncated or damaged torch file ({size} bytes)"
         raise CorruptFileError(f"{path} is not a readable {what} file: {why}; {fix}") from None
+    if not mmap and head.startswith(b"PK"):
+        bad = _damaged_member(path)
+        if bad is not None:
+            raise CorruptFileError(f"{path} is not a readable {what} file: it is damaged ({bad} does not match its "
+                                   f"checksum); {fix}")
     if not isinstance(payload, dict):
         raise CorruptFileError(f"{path} is not a {what} file (it holds a {type(payload).__name__}, not a dict); {fix}")
     return payload
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first member of the zip file ``path`` whose CRC-32 does not match its contents, or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"its zip directory ({exc})"

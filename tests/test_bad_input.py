@@ -205,6 +205,33 @@ def test_an_unreadable_file_is_named_as_such(tmp_path):
         sc.Trace.load(path)
 
 
+def _flip_a_bit(path, member_ends_with: str = "", offset: int = 100) -> None:
+    """Flip one bit inside the bytes of a member of the zip file ``path`` (the largest, by default)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if i.filename.endswith(member_ends_with)), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + offset] ^= 0x10  # (the local header's own lengths)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_bit_flipped_in_a_saved_file_is_found(tmp_path):
+    from snncutoff.io import CorruptFileError
+
+    path = make_trace(T=4, N=50, C=10).save(tmp_path / "t.pt")
+    _flip_a_bit(path, "data/0")
+    with pytest.raises(CorruptFileError, match=r"t\.pt is not a readable snncutoff trace file: it is damaged "
+                                               r"\(.*data/0 does not match its checksum\)"):
+        sc.Trace.load(path)
+    Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path, progress=False).fit(_loader())
+    _flip_a_bit(tmp_path / "last.pt", offset=8)
+    with pytest.raises(CorruptFileError, match="last.pt is not a readable .* it is damaged"):
+        load_model(models.get("cnn"), tmp_path / "last.pt")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
