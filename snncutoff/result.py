@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .trace import Trace
+from .validation import check_steps
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,11 +50,7 @@ class CutoffResult:
     @classmethod
     def from_exit_steps(cls, trace: Trace, exit_step: Tensor, policy: str = "") -> CutoffResult:
         """Build the result for 1-based ``exit_step`` ``[N]`` on ``trace``."""
-        exit_step = exit_step.to(device=trace.labels.device, dtype=torch.long)
-        if exit_step.shape != (trace.N,):
-            raise ValueError(f"exit_step must have shape [N] = [{trace.N}], got {tuple(exit_step.shape)}")
-        if trace.N and (int(exit_step.min()) < 1 or int(exit_step.max()) > trace.T):
-            raise ValueError(f"exit_step must lie in [1, T] = [1, {trace.T}]")
+        exit_step = check_steps(exit_step, trace.N, trace.T, "exit_step").to(trace.labels.device)
         predictions = trace.predictions_at(exit_step)
         ops_at_exit = ops_full = None
         cum = trace.ops_cumulative()

@@ -42,6 +42,7 @@ from .validation import (
     check_meta,
     check_ops,
     check_path,
+    check_steps,
     json_ready,
 )
 
@@ -199,6 +200,7 @@ class TraceSummary:
         return self._stat("ops_cumulative", lambda: self.ops.to(torch.float64).cumsum(dim=0))
 
     def predictions_at(self, steps: Tensor) -> Tensor:
+        steps = check_steps(steps, self.N, self.T)
         return self.predictions()[steps - 1, torch.arange(self.N, device=steps.device)]
 
     def _stat(self, key: str, compute: Any) -> Any:

@@ -35,6 +35,7 @@ from .validation import (
     check_ops,
     check_outputs,
     check_path,
+    check_steps,
     json_ready,
 )
 
@@ -253,6 +254,7 @@ class Trace:
         Reads the ``[T, N]`` predictions when they have been computed, otherwise takes the
         argmax of the N selected rows only.
         """
+        steps = check_steps(steps, self.N, self.T)
         rows = torch.arange(self.N, device=steps.device)
         if "top2" in self._cache or "predictions" in self._cache:
             return self.predictions()[steps - 1, rows]

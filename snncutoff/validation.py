@@ -226,6 +226,20 @@ def check_index(index: Any, n: int) -> Tensor:
     return index.long()
 
 
+def check_steps(steps: Any, n: int, T: int, name: str = "steps") -> Tensor:
+    """1-based step counts ``[N]`` (integers in ``[1, T]``), as int64."""
+    if not isinstance(steps, Tensor):
+        raise TypeError(f"{name} must be a [N] integer tensor of 1-based steps, got {type(steps).__name__}")
+    if steps.is_floating_point() or steps.is_complex() or steps.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of 1-based steps, got dtype {steps.dtype}")
+    if tuple(steps.shape) != (n,):
+        raise ValueError(f"{name} must have shape [N] = [{n}], got {tuple(steps.shape)}")
+    if n and (int(steps.min()) < 1 or int(steps.max()) > T):
+        raise ValueError(f"{name} must lie in [1, T] = [1, {T}] (1-based steps), got {int(steps.min())} .. "
+                         f"{int(steps.max())}")
+    return steps.long()
+
+
 def check_meta(meta: Any) -> dict:
     """A trace's ``meta``: a dict, returned as a JSON-ready copy (:func:`json_ready`)."""
     if not isinstance(meta, dict):

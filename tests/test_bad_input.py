@@ -55,6 +55,19 @@ REFUSED = [
     (lambda: TRACE.summary().subset(torch.tensor([], dtype=torch.long)), ValueError, "N >= 1"),
     (lambda: sc.collect_trace(*_snn(), _loader(labels=torch.arange(8) + 5), T=2, keep="summary", progress=False),
      ValueError, r"labels must lie in \[0, C\) = \[0, 10\), found 12"),
+    (lambda: TRACE.predictions_at(torch.zeros(12, dtype=torch.long)), ValueError, r"steps must lie in \[1, T\]"),
+    (lambda: TRACE.predictions_at(torch.full((12,), 5)), ValueError, r"\[1, T\] = \[1, 4\].* got 5 \.\. 5"),
+    (lambda: TRACE.predictions_at(torch.ones(11, dtype=torch.long)), ValueError, r"shape \[N\] = \[12\]"),
+    (lambda: TRACE.summary().predictions_at(torch.ones(12)), TypeError, "integer tensor of 1-based steps"),
+    (lambda: sc.RiskControl(sc.TopKGap(), seed=1.5), TypeError, "seed must be an integer"),
+    (lambda: sc.RiskControl(sc.TopKGap(), seed=-1), ValueError, "seed must be an integer >= 0"),
+    (lambda: sc.RiskControl(sc.TopKGap(), delay="no"), TypeError, "delay must be True or False"),
+    (lambda: sc.RiskControl(sc.TopKGap()).value_, AttributeError, "not fitted: call fit.* before reading value_"),
+    (lambda: sc.Stability(2).exit_now(0, TRACE.outputs[0], torch.zeros(12, 4, dtype=torch.bool)), TypeError,
+     "state must be the float64 tensor"),
+    (lambda: data.digits(test_size=0), ValueError, r"cannot split 1797 samples with test_size=0"),
+    (lambda: data.digits(seed=2**40), ValueError, r"seed must lie in \[0, 2\*\*32\)"),
+    (lambda: data.digits().holdout(100).holdout(10), ValueError, "already holds a calibration set"),
     (lambda: sc.Trace.cat(TRACE), TypeError, "takes a list of traces"),
     (lambda: sc.Trace.cat([TRACE, "x"]), TypeError, "item 1 is a str"),
     (lambda: sc.Trace(TRACE.outputs, TRACE.labels.float()), TypeError, "integer tensor"),
@@ -179,6 +192,7 @@ ACCEPTED = [
         _loader(labels=(torch.arange(8) % 10).int())),  # int32 labels
     lambda: sc.Trace(TRACE.outputs.double(), TRACE.labels.int()),
     lambda: sc.Trace(torch.zeros(1, 1, 2), torch.zeros(1, dtype=torch.long)),  # T = N = 1, C = 2
+    lambda: data.digits().holdout(np.int64(100)),
 ]
 
 
@@ -250,7 +264,8 @@ def test_diverged_weights_are_refused(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--device", "bogus"], "--device: device must be"),
     (["--rcs-alpha", "nan"], "--rcs-alpha must be a finite number"),
-    (["--seed", "-1"], "-1 is not in the range x>=0"),
+    (["--seed", "-1"], "-1 is not in the range 0<=x<=4294967295"),
+    (["--seed", "99999999999999999999"], "is not in the range 0<=x<=4294967295"),
     (["--max-loss", "1.5"], "1.5 is not in the range"),
     (["--calibration-size", "5000"], "calibration size must be a fraction"),
 ])

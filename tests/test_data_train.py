@@ -484,6 +484,16 @@ def test_bad_array_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="not a readable .npz file") as caught:
         data.load_npz(tmp_path / "broken.npz")
     assert "allow_pickle" not in str(caught.value)  # numpy's advice does not apply
+    np.savez(tmp_path / "cut.npz", x=np.zeros((40, 3, 3)), y=np.arange(40) % 2)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:300])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"cut\.npz is not a readable \.npz file \(BadZipFile"):
+        data.load_npz(tmp_path / "cut.npz")
+    np.save(tmp_path / "single.npy", np.zeros((4, 3, 3)))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(ValueError, match=r"single\.npz holds a single array \(a \.npy file\).*numpy\.savez"):
+        data.load_npz(tmp_path / "single.npz")
+    with pytest.raises(ValueError, match=r"look channel-last \[N, H, W, C\]: pass x\.transpose\(0, 3, 1, 2\)"):
+        data.from_arrays(np.zeros((4, 8, 8, 3)), np.array([0, 1, 0, 1]))
     four = np.zeros((4, 3, 3))
     with pytest.raises(ValueError, match=r"no sample \(N = 0\)"):
         data.from_arrays(np.zeros((0, 3, 3)), np.zeros(0, dtype=np.int64))

@@ -135,7 +135,7 @@ def bench_options(fn):
         click.option("--T", "T", default=32, show_default=True, type=click.IntRange(min=1), help="Timesteps."),
         click.option("--backends", default=None, help="Comma-separated backends (default: every installed one)."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
-        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Random seed."),
         click.option("--epochs", default=None, type=click.IntRange(min=1),
                      help="Training epochs (default: per data set and route)."),
         click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1)),

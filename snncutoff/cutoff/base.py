@@ -233,6 +233,9 @@ class CutoffPolicy:
             got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"state must be the [N, S] = [{n}, {self.state_size}] tensor of "
                              f"policy.initial_state(N), got {got}")
+        if state.dtype != torch.float64:
+            raise TypeError(f"state must be the float64 tensor of policy.initial_state(N) (updated in place), got "
+                            f"{state.dtype}")
 
     @torch.no_grad()
     def exit_block(self, t0: int | Tensor, outputs: Tensor, state: Tensor | None = None) -> Tensor:

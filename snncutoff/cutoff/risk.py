@@ -55,7 +55,7 @@ from torch import Tensor
 
 from ..stats import first_exit
 from ..trace import Trace
-from ..validation import check_choice
+from ..validation import check_choice, check_int
 from .base import CutoffPolicy, check_same_shape
 
 LOSSES = ("relative", "absolute")
@@ -169,11 +169,21 @@ class RiskControl(CutoffPolicy):
             for v in grid:
                 policy.with_param(v)  # validates each value
         self.grid = grid
-        self.delay = bool(delay)
-        self.seed = int(seed)
+        if not isinstance(delay, bool):
+            raise TypeError(f"delay must be True or False, got {delay!r}")
+        self.delay = delay
+        self.seed = check_int("seed", seed, 0)
         # the wrapped rule's comparison, state and class requirements
         self.strict, self.score_max = policy.strict, policy.score_max
         self.state_size, self.min_classes = policy.state_size, policy.min_classes
+
+    _FITTED = ("value_", "start_", "p_value_", "p_values_", "risks_", "certified_loss_", "n_test_", "rule_",
+               "thresholds_", "T_", "C_")
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set: the fitted ones before fit
+        if name in RiskControl._FITTED:
+            raise AttributeError(f"RiskControl is not fitted: call fit(calibration_trace) before reading {name}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         rule = ", ".join(f"{k}={v!r}" for k, v in self.policy.get_params().items() if k != self.policy.param)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,12 @@ class DataSplit:
 
         Cutoff rules are calibrated there: a network is more confident on data it was
         trained on, and no guarantee survives calibrating on it."""
+        if self.calibration is not None:
+            raise ValueError(f"this split already holds a calibration set ({len(self.calibration)} samples): call "
+                             "holdout once, on the split without one")
         n = len(self.train)
+        if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+            size = int(size)  # (NumPy integers too)
         count = int(round(size * n)) if isinstance(size, float) and 0 < size < 1 else size
         if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < n:
             raise ValueError(f"calibration size must be a fraction in (0, 1) or a count in [1, {n - 1}] of the "
