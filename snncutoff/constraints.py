@@ -204,13 +204,13 @@ def _samples(data: Iterable, max_samples: int):
 @torch.no_grad()
 def calibrate(net: nn.Module, data: Iterable, quantile: float = QUANTILE, overwrite: bool = False,
               max_samples: int = 2048, device: torch.device | str | None = None) -> dict[str, float]:
-    """Set each unset constraint threshold to a percentile of its layer's positive pre-activations.
+    r"""Set each unset constraint threshold to a percentile of its layer's positive pre-activations.
 
     The network runs once over up to ``max_samples`` samples of ``data`` (batches ``x`` or
     ``(x, y)``), in evaluation mode (every module's mode restored after; a BatchNorm that
     was never trained normalises with each batch's statistics, as it will in training, its
     buffers untouched), with the layers to calibrate acting as plain ReLUs; each of their :math:`\theta` becomes the
-    ``quantile`` (0.999: the 99.9th percentile, rank :math:`\\lceil qn \rceil` of the n
+    ``quantile`` (0.999: the 99.9th percentile, rank :math:`\lceil qn \rceil` of the n
     values) of the positive values entering the layer (at most about a million per layer,
     a seeded subset of larger ones). Thresholds already set (given by the user, or trained)
     are kept unless ``overwrite``.

@@ -83,11 +83,11 @@ def calibrate_thresholds(
     ann: nn.Module, data: Iterable, rule: str = "max", device: torch.device | str | None = None,
     max_batches: int | None = None,
 ) -> dict[str, float]:
-    """Threshold of every ``nn.ReLU`` of ``ann`` from its outputs on ``data``.
+    r"""Threshold of every ``nn.ReLU`` of ``ann`` from its outputs on ``data``.
 
     ``"max"``: the largest activation over all batches. ``"99.9%"`` (any percentile q):
     the mean over batches of the per-batch percentile of the layer's activations, the
-    nearest-rank one (the value of rank :math:`\\lceil q n \rceil` among the batch's n
+    nearest-rank one (the value of rank :math:`\lceil q n \rceil` among the batch's n
     activations; robust to outliers, as in Rueckauer et al. 2017).
 
     Returns:

@@ -120,6 +120,8 @@ def test_tebn_in_a_spikingjelly_multistep_net():
     out.sum().backward()
     with pytest.raises(ValueError, match="multi-step"):
         backend_or_skip("snntorch").convert(ann, spec=sc.LIF(), tebn=4)
+    with pytest.raises(ValueError, match="tebn is for direct training"):  # not silently ignored
+        b.convert(sc.constraints.apply(models.get("cnn"), "qcfs", threshold=1.0), step_mode="m", tebn=4)
 
 
 def test_rcs_penalties():

@@ -21,7 +21,28 @@ def test_builtin_backends_are_registered():
 def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(KeyError, match="registered: .*snntorch"):
         backends.get("norse")
+    with pytest.raises(ValueError, match="^no snncutoff backend named 'norse'"):  # also a ValueError, unquoted
+        backends.get("norse")
     assert backends.available("norse")[0] is False
+
+
+def test_a_rule_name_in_use_is_replaced_only_when_asked():
+    from snncutoff.cutoff import RULES, Confidence, register, rule
+
+    class Mine(Confidence):
+        pass
+
+    with pytest.raises(ValueError, match="a rule named 'confidence' exists \\(Confidence\\).*replace=True"):
+        register("confidence", Mine)
+    assert RULES["confidence"] is Confidence
+    register("mine", Mine)
+    register("mine", Mine)  # the same class again: nothing to replace
+    try:
+        register("confidence", Mine, replace=True)
+        assert isinstance(rule("confidence"), Mine)
+    finally:
+        register("confidence", Confidence, replace=True)
+        del RULES["mine"]
 
 
 def test_third_party_backend_through_an_entry_point(tmp_path, monkeypatch):

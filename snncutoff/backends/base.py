@@ -238,6 +238,9 @@ class Backend(ABC):
             snn, acts = convert_for_training(ann, lambda theta, v: self.lif_neuron(spec), spec.threshold,
                                              map_layer=map_train, example_input=example_input)
         elif isinstance(spec, IF):
+            if tebn is not None:
+                raise ValueError("tebn is for direct training (spec=LIF(), step_mode='m'); converting for inference "
+                                 "(spec=IF) keeps each BatchNorm as the ANN's, or folds it with fuse_bn=True")
             snn, acts = convert_ann(
                 ann, self.if_neuron, spec, calibration, threshold_rule=threshold_rule, maxpool=maxpool,
                 fuse_bn=fuse_bn, map_layer=(lambda m: self.map_layer(m, step_mode)),

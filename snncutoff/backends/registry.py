@@ -41,12 +41,19 @@ def names() -> list[str]:
     return sorted(set(_entry_points()) | set(_registered))
 
 
+class UnknownBackendError(KeyError, ValueError):
+    """No backend of that name is registered (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def _factory(name: str) -> Callable[..., Backend]:
     if name in _registered:
         return _registered[name]
     eps = _entry_points()
     if name not in eps:
-        raise KeyError(f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'} (an "
+        raise UnknownBackendError(f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'} (an "
                        f"adapter registers under the entry-point group {GROUP!r}; is snncutoff pip-installed?)")
     try:
         return eps[name].load()
@@ -58,7 +65,8 @@ def get(name: str, **options: Any) -> Backend:
     """A new backend ``name`` configured with ``options`` (e.g. ``get("spikingjelly", gpu_kernel="cupy")``).
 
     Raises:
-        KeyError: no backend of that name is registered (the message lists those that are).
+        UnknownBackendError: no backend of that name is registered (a ``KeyError`` and a ``ValueError``;
+            the message lists those that are).
         ImportError: the backend exists but its framework is not installed (says what to install).
         TypeError: an option the backend does not take.
     """

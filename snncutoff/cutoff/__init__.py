@@ -32,10 +32,16 @@ RULES: dict[str, type[CutoffPolicy]] = {
 }
 
 
-def register(name: str, rule: type[CutoffPolicy]) -> None:
-    """Make a rule class available by ``name`` (it must construct with default arguments)."""
+def register(name: str, rule: type[CutoffPolicy], replace: bool = False) -> None:
+    """Make a rule class available by ``name`` (it must construct with default arguments); a name
+    already taken (a built-in rule's too) is replaced only with ``replace=True``."""
     if not (isinstance(rule, type) and issubclass(rule, CutoffPolicy)):
         raise TypeError(f"rule must be a CutoffPolicy subclass, got {rule!r}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a rule is registered under a non-empty string, got {name!r}")
+    if name in RULES and RULES[name] is not rule and not replace:
+        raise ValueError(f"a rule named {name!r} exists ({RULES[name].__name__}); pick another name, or pass "
+                         "replace=True to replace it")
     RULES[name] = rule
 
 
