@@ -169,6 +169,9 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
             why = f"it is not a torch file (it starts with {head!r}, {size} bytes)"
         elif pickled and ("Unsupported global" in text or "GLOBAL" in text or "weights_only" in text):
             why = "it holds Python objects other than tensors and plain data, which snncutoff never executes"
+        elif pickled and mmap:
+            why = ("it is in torch's legacy (non-zip) format, which cannot be memory-mapped: load it with "
+                   "mmap=False, and save it again to map it later")
         else:
             why = f"it is a truncated or damaged torch file ({size} bytes)"
         raise CorruptFileError(f"{path} is not a readable {what} file: {why}; {fix}") from None

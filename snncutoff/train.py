@@ -367,9 +367,17 @@ class Trainer:
         if self.backend is not None or not any(isinstance(m, (QCFS, Clip)) and not m.threshold_is_set()
                                                 for m in model.modules()):
             return {}
-        dataset = train_loader.dataset
-        pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.config.seed))[:2048]
-        return calibrate(model, DataLoader(Subset(dataset, pick.tolist()), batch_size=256), device=self.device)
+        dataset = getattr(train_loader, "dataset", None)
+        if dataset is None:  # batches given as a list: the first 2 048 samples
+            sample = train_loader
+        else:
+            pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.config.seed))[:2048]
+            sample = DataLoader(Subset(dataset, pick.tolist()), batch_size=256)
+        try:
+            return calibrate(model, sample, device=self.device)
+        except (RuntimeError, TypeError, IndexError) as exc:
+            raise ValueError(f"running {type(self.model).__name__} on the training data to set its constraint "
+                             f"thresholds failed: {exc}") from exc
 
     # ----------------------------------------------------------- checkpoints
     def _save(self, path: Path, opt, sched, epoch: int, loader: DataLoader) -> None:

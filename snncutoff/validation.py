@@ -161,7 +161,7 @@ def check_finite(name: str, x: Tensor, axes: tuple[str, ...] = ("t", "n"),
     NaN or an infinity makes the sum NaN or infinite, so a finite sum implies that every
     element is finite; only when the sum is not (or overflowed) is the element-wise mask built.
     """
-    if x.numel() == 0 or math.isfinite(float(x.sum())):
+    if x.numel() == 0 or math.isfinite(float(x.detach().sum())):
         return
     bad = ~torch.isfinite(x)
     count = int(bad.sum())

@@ -68,6 +68,9 @@ REFUSED = [
     (lambda: data.digits(test_size=0), ValueError, r"cannot split 1797 samples with test_size=0"),
     (lambda: data.digits(seed=2**40), ValueError, r"seed must lie in \[0, 2\*\*32\)"),
     (lambda: data.digits().holdout(100).holdout(10), ValueError, "already holds a calibration set"),
+    (lambda: Trainer(constraints.apply(models.get("cnn"), "qcfs"), TrainConfig(epochs=1), progress=False).fit(
+        _loader(x=torch.randn(8, 3, 8, 8))), ValueError, "set its constraint thresholds failed: .*3 channels"),
+    (lambda: sc.Confidence(0.5).fit(make_trace(C=6)).evaluate(make_trace(C=5)), ValueError, "C = 6 classes"),
     (lambda: sc.Trace.cat(TRACE), TypeError, "takes a list of traces"),
     (lambda: sc.Trace.cat([TRACE, "x"]), TypeError, "item 1 is a str"),
     (lambda: sc.Trace(TRACE.outputs, TRACE.labels.float()), TypeError, "integer tensor"),
@@ -193,12 +196,19 @@ ACCEPTED = [
     lambda: sc.Trace(TRACE.outputs.double(), TRACE.labels.int()),
     lambda: sc.Trace(torch.zeros(1, 1, 2), torch.zeros(1, dtype=torch.long)),  # T = N = 1, C = 2
     lambda: data.digits().holdout(np.int64(100)),
+    lambda: Trainer(constraints.apply(models.get("cnn"), "qcfs"), TrainConfig(epochs=1), progress=False).fit(
+        _loader()),  # unset thresholds set from a list of batches
+    lambda: sc.Trace.from_steps(torch.randn(2, 3, 4, requires_grad=True), torch.zeros(3, dtype=torch.long)),
 ]
 
 
 @pytest.mark.parametrize("call", ACCEPTED, ids=range(len(ACCEPTED)))
 def test_legitimate_unusual_input_is_accepted(call):
-    call()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and quietly
+        call()
 
 
 def test_a_trace_with_a_datetime_put_in_meta_later_still_saves_and_loads(tmp_path):
@@ -244,6 +254,18 @@ def test_a_bit_flipped_in_a_saved_file_is_found(tmp_path):
     _flip_a_bit(tmp_path / "last.pt", offset=8)
     with pytest.raises(CorruptFileError, match="last.pt is not a readable .* it is damaged"):
         load_model(models.get("cnn"), tmp_path / "last.pt")
+
+
+def test_a_legacy_format_file_is_mapped_only_after_saving_it_again(tmp_path):
+    from snncutoff.io import CorruptFileError
+
+    t = make_trace(T=3, N=4, C=5)
+    torch.save({"format_version": 1, "outputs": t.outputs, "labels": t.labels, "ops": None, "meta": {}},
+               tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CorruptFileError, match="legacy .* cannot be memory-mapped: load it with mmap=False"):
+        sc.Trace.load(tmp_path / "old.pt", mmap=True)
+    again = sc.Trace.load(tmp_path / "old.pt").save(tmp_path / "new.pt")
+    assert torch.equal(sc.Trace.load(again, mmap=True).outputs, t.outputs)
 
 
 def _umask() -> int:

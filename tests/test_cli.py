@@ -317,8 +317,9 @@ def test_speed_early_exit(tmp_path):
     assert res.exit_code == 2 and "must be 'auto' or an integer >= 1" in res.output
 
 
-def test_core_speed_small():
-    res = CliRunner().invoke(main, ["core-speed", "--T", "4", "--N", "300", "--C", "5", "--repeats", "1",
+@pytest.mark.parametrize("T", ["4", "1"])
+def test_core_speed_small(T):
+    res = CliRunner().invoke(main, ["core-speed", "--T", T, "--N", "300", "--C", "5", "--repeats", "1",
                                     "--decision-batch", "16", "--decision-calls", "3", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)

@@ -166,7 +166,7 @@ def decision_costs(batch: int = 256, C: int = 10, T: int = 32, repeats: int = 5,
     cal, test = synthetic_trace(T, 2000, C, seed), synthetic_trace(T, batch, C, seed + 1)
     rules = {"TopKGap(0.01)": TopKGap(0.01), "Confidence(0.001)": Confidence(0.001), "Entropy(0.01)": Entropy(0.01),
              "Conformal(0.05)": Conformal(0.05), "Stability(3)": Stability(3), "LearnedExit(0.01)": LearnedExit(0.01)}
-    t = T - 2
+    t = max(T - 2, 0)  # the last step before the forced exit (step 0 when T <= 2)
     out = test.outputs[t].contiguous()
     deciders = {}
     for name, rule in rules.items():

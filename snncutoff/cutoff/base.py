@@ -174,7 +174,7 @@ class CutoffPolicy:
         return self._current_thresholds(trace.T)
 
     def _check_classes(self, C: int) -> None:
-        if self.needs_fit and self.__dict__.get("C_", C) != C:
+        if self.__dict__.get("C_", C) != C:
             raise ValueError(f"{self!r} was fitted on outputs of C = {self.C_} classes, these have C = {C}")
 
     def _silent(self, thresholds: Tensor, dtype: torch.dtype) -> list[bool] | None:
