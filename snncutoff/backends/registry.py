@@ -53,8 +53,9 @@ def _factory(name: str) -> Callable[..., Backend]:
         return _registered[name]
     eps = _entry_points()
     if name not in eps:
-        raise UnknownBackendError(f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'} (an "
-                       f"adapter registers under the entry-point group {GROUP!r}; is snncutoff pip-installed?)")
+        raise UnknownBackendError(
+            f"no snncutoff backend named {name!r}; registered: {', '.join(names()) or 'none'} (an adapter "
+            f"registers under the entry-point group {GROUP!r}; is snncutoff pip-installed?)")
     try:
         return eps[name].load()
     except ImportError as exc:
