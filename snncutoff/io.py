@@ -100,12 +100,25 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, KeyboardInterrupt) and _interrupted(exc):  # torch's writer, closing after Ctrl-C
+            raise KeyboardInterrupt from exc
         if _disk_full(exc, path.parent):
             raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent} while writing "
                                 f"{path.name}; free some space and run again (the previous {path.name}, if any, "
                                 "is untouched)") from exc
         raise
     return path
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a ``KeyboardInterrupt`` (which it would hide)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
