@@ -60,7 +60,10 @@ def test_compare_reuses_the_cached_checkpoint(compared, tmp_path):
                                     "--cache-dir", str(cache), "--json", "--quiet"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
-    assert d["ann"]["cached"] is True
+    first = json.loads((compared[0] / "results.json").read_text())["ann"]
+    assert d["ann"]["cached"] is True and first["cached"] is False
+    for key in ("train_seconds", "history", "initial_thresholds"):  # recorded with the cache entry
+        assert d["ann"][key] == first[key] and first[key]
 
 
 def test_a_folder_used_again_holds_one_whole_run(compared, tmp_path, monkeypatch):
@@ -118,6 +121,7 @@ def test_train_evaluate_convert(tmp_path):
                                str(tmp_path / "ev"), "--quiet", "--policies", "topk,timestep"])
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert d["ann"]["given"] is True and d["ann"]["cached"] is False and f"(checkpoint {ckpt})" in res.output
     assert all({k.removeprefix("risk_").split("_")[0] for k in e["policies"]} == {"topk", "timestep"}
                for e in d["backends"].values())
     res = runner.invoke(main, ["convert", "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "cv"), "--quiet"])

@@ -13,6 +13,7 @@ from torch import nn
 
 import snncutoff as sc
 from snncutoff import constraints, data, models
+from snncutoff.io import load_torch
 from snncutoff.train import Trainer, load_model, seed_everything
 
 from .config import BenchConfig, BenchInputError, log
@@ -38,21 +39,23 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _cached_ann(ann: nn.Module, path: Path, quiet: bool) -> bool:
-    """Load the cache entry ``path`` into ``ann``; False (with a warning, the entry removed) when it is
-    missing its content hash, altered, unreadable or of another model: it is then rebuilt."""
+def _cached_ann(ann: nn.Module, path: Path, quiet: bool) -> dict | None:
+    """Load the cache entry ``path`` into ``ann`` and return what it records of the training (time,
+    history, initial thresholds); None (with a warning, the entry removed) when it is missing its
+    content hash, altered, unreadable or of another model: it is then rebuilt."""
     digest = path.with_name(path.name + ".sha256")
     try:
         if not digest.is_file() or digest.read_text().strip() != _sha256(path):
             raise ValueError(f"{path} does not match its recorded content hash ({digest.name})")
         load_model(ann, path)
+        training = load_torch(path, "cached ANN", "it is trained again").get("training", {})
     except (ValueError, OSError) as exc:  # CorruptFileError is a ValueError
         warnings.warn(f"discarding the cached ANN {path}: {exc}; training it again", stacklevel=2)
         path.unlink(missing_ok=True)
         digest.unlink(missing_ok=True)
-        return False
+        return None
     log(f"ANN loaded from cache {path}", quiet)
-    return True
+    return dict(training)
 
 
 def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False,
@@ -68,14 +71,15 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False,
         except (FileNotFoundError, ValueError) as exc:
             what = f"model {cfg.model!r}, data set {cfg.dataset!r}"
             raise BenchInputError(f"{exc} ({what})") from exc
-        return ann.eval(), {"checkpoint": cfg.extra["checkpoint"], "cached": True}
+        return ann.eval(), {"checkpoint": cfg.extra["checkpoint"], "cached": False, "given": True}
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # every process looks at the cache in the same state
     name = Path(cfg.dataset).stem if cfg.dataset.endswith(".npz") else cfg.dataset
     path = cache_dir(cfg) / f"ann-{name}-{cfg.model}-{cfg.ann_key()}.pt"
-    info = {"checkpoint": str(path), "cached": path.is_file() and _cached_ann(ann, path, quiet)}
+    training = _cached_ann(ann, path, quiet) if path.is_file() else None
+    info = {"checkpoint": str(path), "cached": training is not None, **(training or {})}
     if not info["cached"]:
         ann = build_ann(cfg, split)  # a fresh one (a failed load may have left part of the weights)
         tc = cfg.train_config()
@@ -87,7 +91,8 @@ def trained_ann(cfg: BenchConfig, split: data.DataSplit, quiet: bool = False,
         info["history"] = trainer.history_
         info["initial_thresholds"] = trainer.thresholds_
         if write:
-            sc.io.atomic_torch_save({"model": ann.state_dict(), "config": asdict(tc)}, path)
+            record = {k: info[k] for k in ("train_seconds", "history", "initial_thresholds")}
+            sc.io.atomic_torch_save({"model": ann.state_dict(), "config": asdict(tc), "training": record}, path)
             sc.io.atomic_write_bytes(_sha256(path).encode(), path.with_name(path.name + ".sha256"))
     return ann.eval(), info
 

@@ -67,7 +67,9 @@ class BenchConfig:
         blob = json.dumps({"dataset": self.dataset, "data": _data_fingerprint(self.dataset), "model": self.model,
                            "levels": self.levels, "route": self.route, "calibration_size": self.calibration_size,
                            "input_size": self.input_size,
-                           "train": asdict(tc), "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+                           "train": asdict(tc), "torch": torch.__version__.split("+")[0],
+                           "threads": torch.get_num_threads()},  # (float sums' order: 1 thread trains another net)
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

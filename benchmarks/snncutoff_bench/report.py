@@ -20,7 +20,8 @@ def compare_table(results: dict) -> str:
     cfg = results["config"]
     lines = [f"## snncutoff compare — {cfg['dataset']} / {cfg['model']} / route {cfg['route']}, T = {cfg['T']}", ""]
     if results.get("ann"):
-        cached = " (cached checkpoint)" if results["ann"].get("cached") else ""
+        cached = (f" (checkpoint {results['ann']['checkpoint']})" if results["ann"].get("given") else
+                  " (cached checkpoint)" if results["ann"].get("cached") else "")
         lines.append(f"ANN accuracy: {_pct(results['ann']['accuracy'])}{cached}")
         lines.append("")
     data = results.get("data")
