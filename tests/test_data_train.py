@@ -547,3 +547,65 @@ def test_collect_trace_across_processes_equals_one_process(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert torch.equal(got["outputs"], single.outputs) and torch.equal(got["labels"], single.labels)
         assert torch.equal(got["ops"], single.ops) and torch.equal(got["gaps"], single.gaps())
+
+
+def _idx_file(path, array, gz: bool) -> None:
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    (gzip.open if gz else open)(str(path) + (".gz" if gz else ""), "wb").write(header + array.tobytes())
+
+
+@pytest.mark.parametrize("name, gz", [("mnist", False), ("fashion-mnist", True)])
+def test_mnist_files_are_read_without_torchvision(tmp_path, name, gz):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    raw.mkdir(parents=True)
+    images = {p: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for p, n in (("train", 12), ("t10k", 5))}
+    labels = {p: rng.integers(0, 10, n).astype(np.uint8) for p, n in (("train", 12), ("t10k", 5))}
+    for p in ("train", "t10k"):
+        _idx_file(raw / f"{p}-images-idx3-ubyte", images[p], gz)
+        _idx_file(raw / f"{p}-labels-idx1-ubyte", labels[p], gz)
+    split = data.load(name, tmp_path)
+    assert (len(split.train), len(split.test), split.in_channels, split.input_size) == (12, 5, 1, 28)
+    mean, std = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}[name]
+    x, y = split.test[3]  # ToTensor then Normalize, in float32, from the definitions
+    want = (torch.from_numpy(images["t10k"][3]).float().div(255) - torch.tensor(mean)) / torch.tensor(std)
+    assert torch.equal(x, want.unsqueeze(0)) and int(y) == labels["t10k"][3]
+    assert split.train[5][0].shape == (1, 28, 28)  # no augmentation for MNIST
+    import gzip
+
+    truncated = b"\0\0\x08\x01" + (9).to_bytes(4, "big")  # 9 labels announced, none there
+    (gzip.open if gz else open)(raw / ("t10k-labels-idx1-ubyte" + (".gz" if gz else "")), "wb").write(truncated)
+    with pytest.raises(ValueError, match="holds 0 bytes of data for shape \\(9,\\) \\(truncated\\?\\)"):
+        data.load(name, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_files_are_read_without_torchvision(tmp_path, name):
+    import pickle
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir()
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10" else ["train", "test"]
+    batches = {}
+    for f in names:
+        batches[f] = (rng.integers(0, 256, (4, 3072), dtype=np.uint8), rng.integers(0, 10, 4).tolist())
+        (folder / f).write_bytes(pickle.dumps({b"data": batches[f][0], key: batches[f][1]}, protocol=2))
+    split = data.load(name, tmp_path)
+    assert (len(split.train), len(split.test), split.in_channels, split.input_size) == (
+        20 if name == "cifar10" else 4, 4, 3, 32)
+    mean, std = torch.tensor(split.normalization[0]).view(3, 1, 1), torch.tensor(split.normalization[1]).view(3, 1, 1)
+    x, y = split.test[2]
+    pixels, labels = batches["test_batch" if name == "cifar10" else "test"]
+    want = (torch.from_numpy(pixels[2].reshape(3, 32, 32).copy()).float().div(255) - mean) / std
+    assert torch.equal(x, want) and int(y) == labels[2]
+    torch.manual_seed(0)  # training samples: a random crop of the padded image, maybe flipped
+    a = split.train[0][0]
+    torch.manual_seed(0)
+    assert torch.equal(a, split.train[0][0]) and a.shape == (3, 32, 32)
+    (folder / names[-1]).write_bytes(pickle.dumps({b"data": pixels, key: labels, b"x": __import__("os").system}))
+    with pytest.raises(ValueError, match="not a readable CIFAR batch .* is not allowed"):  # never executed
+        data.load(name, tmp_path)

@@ -6,14 +6,15 @@
 - ``digits`` (default, no network): scikit-learn's 1 797 handwritten digits, 8x8, ten
   classes; a fixed stratified split (seed 0, 1 347 train / 450 test), pixels scaled to
   [0, 1] then standardised with the training mean and std; tensors ``[N, 1, 8, 8]``.
-- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: torchvision, read from
-  ``data_dir``; never downloaded unless ``download=True``.
+- ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``: the files torchvision downloads,
+  read from ``data_dir`` without torchvision (:mod:`~snncutoff.data.vision`); never
+  downloaded unless ``download=True`` (which needs torchvision).
 - ``cifar10-dvs``, ``dvs128-gesture``, ``n-mnist``: event frames ``[N, T, 2, H, W]`` (use
   ``encoder="frames"``), ``split_by="number"``. Frames already integrated
   (``<data_dir>/frames_number_<T>_split_by_number/``) are read directly; otherwise a
   backend integrates them from the raw files (:mod:`snncutoff.data.events`).
 
-Where a new data set goes: in memory, :mod:`~snncutoff.data.arrays`; through torchvision,
+Where a new data set goes: in memory, :mod:`~snncutoff.data.arrays`; image files,
 :mod:`~snncutoff.data.vision`; event frames, :mod:`~snncutoff.data.events`; then a name
 in :data:`DATASETS` and a branch in :func:`load`.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from .arrays import digits, from_arrays, load_npz
 from .events import EVENT_SETS, FrameFolder, _event
 from .split import DatasetNotFoundError, DataSplit
-from .vision import _TV, _torchvision
+from .vision import _TV, _images
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", *EVENT_SETS)
 
@@ -60,7 +61,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, T: int = 16, d
         raise DatasetNotFoundError(f"data set {name!r} is read from disk: pass data_dir (--data-dir)")
     root = Path(data_dir)
     if name in _TV:
-        return _torchvision(name, root, download, augment)
+        return _images(name, root, download, augment)
     return _event(name, root, T, download)
 
 
