@@ -225,7 +225,8 @@ def _nonlinear_message(ann: nn.Module, nonlinear: list[tuple[str, str]]) -> str:
         hints.append("a clipped or quantised activation (QCFS, clip, e.g. SNNCutoff's QCFSConstrs / ClipConstrs) "
                      "must be snncutoff's own: snncutoff.constraints.QCFS(levels=L, threshold=vthr) or Clip"
                      "(threshold=vthr) in place of the module, or constraints.apply(ann, 'qcfs', ...) on the "
-                     "ReLU network; their thresholds convert directly")
+                     "ReLU network; their thresholds convert directly (a clamp(min=0) alone is a ReLU: use an "
+                     "nn.ReLU module)")
     if any("softmax" in w for _, w in nonlinear):
         hints.append("leave the softmax out of the network: cutoff rules read the logits (they take the softmax "
                      "where a rule needs it)")

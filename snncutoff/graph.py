@@ -7,6 +7,8 @@ can be swapped).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,7 +20,7 @@ class Activation(nn.Module):
 
 _FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu,
                     torch.sigmoid, torch.tanh, F.hardtanh, F.elu}
-_METHOD_RELU = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_min", "clip"}
+_METHOD_RELU = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}  # clamp, clip: see _NONLINEAR_NAMES
 
 # Operations whose output is not linear (affine) in their input: a converted network applies
 # them to each step's spikes, which is not the operation applied to the rates (the max of
@@ -30,45 +32,86 @@ _NONLINEAR_NAMES = {
     "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
     "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
     "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_",
-    "minimum", "maximum", "fmin", "fmax", "max", "min", "amax", "amin",
-    "floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "sign", "abs", "abs_",
+    "minimum", "maximum", "fmin", "fmax", "max", "min", "amax", "amin", "argmax", "argmin", "argsort",
+    "floor", "floor_", "ceil", "ceil_", "round", "round_", "trunc", "trunc_", "frac", "sign", "sgn", "abs", "abs_",
     "exp", "log", "sqrt", "rsqrt", "pow", "square", "softmax", "log_softmax", "softmin", "softplus",
     "softsign", "hardswish", "hardsigmoid", "mish", "selu", "celu", "rrelu", "prelu", "logsigmoid", "glu",
-    "threshold", "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize",
+    "hardshrink", "softshrink", "tanhshrink", "threshold", "heaviside", "bucketize", "searchsorted",
+    "layer_norm", "group_norm", "instance_norm", "local_response_norm", "normalize",
     "norm", "vector_norm", "matrix_norm", "linalg_vector_norm", "linalg_matrix_norm", "linalg_norm",
-    "topk", "sort", "kthvalue", "median", "nanmedian", "mode", "var", "std", "prod", "cumprod", "reciprocal",
-    "reciprocal_", "logsumexp", "erf", "sin", "cos", "tan", "log2", "log10", "log1p", "expm1", "exp2", "atan",
+    "cosine_similarity", "pairwise_distance", "cdist", "pdist", "dist", "scaled_dot_product_attention",
+    "topk", "sort", "kthvalue", "median", "nanmedian", "mode", "var", "std", "prod", "cumprod", "cummax",
+    "cummin", "logcumsumexp", "reciprocal", "reciprocal_", "logsumexp", "erf", "erfc", "erfinv", "logit",
+    "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "log2", "log10", "log1p", "expm1", "exp2", "xlogy", "hypot",
     "float_power", "__pow__", "__rpow__", "__ipow__", "floordiv", "floor_divide", "__floordiv__", "__rfloordiv__",
     "fmod", "remainder", "__mod__", "__rmod__",
 }
 # Comparisons of values computed from the input: a mask made from them (torch.where(h > 1, ...)) is a
 # threshold, non-linear; a comparison that only steers control flow (if x.sum() > 0) is not.
-_COMPARISONS = {"gt", "lt", "ge", "le", "greater", "less", "greater_equal", "less_equal", "__gt__", "__lt__",
-                "__ge__", "__le__"}
+_COMPARISONS = {"gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal",
+                "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__"}
 _NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F, torch.linalg) for name in _NONLINEAR_NAMES
                         if callable(getattr(mod, name, None))}
 # Products and quotients, linear only while one side is a constant (a weight, a number): of two
-# values computed from the input (x * y, x @ y, x / y) they are not.
-_PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm",
-             "einsum", "outer", "inner", "dot", "kron"}
-_QUOTIENTS = {"div", "div_", "true_divide", "truediv", "__truediv__", "__itruediv__"}
-_DIVISORS = {"__rtruediv__", "__rdiv__"}  # self is the divisor
+# values computed from the input (x * y, x @ y, x / y) they are not. For each product, the
+# operands multiplied together (None: any two); for each quotient, the divisor's position.
+_PRODUCTS: dict[str, tuple[int, ...] | None] = {
+    **dict.fromkeys(("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__", "matmul", "__matmul__",
+                     "__rmatmul__", "mm", "bmm", "mv", "einsum", "outer", "ger", "inner", "dot", "vdot", "kron",
+                     "tensordot", "chain_matmul", "multi_dot"), None),
+    **dict.fromkeys(("linear", "bilinear"), (0, 1)),
+    **dict.fromkeys(("addcmul", "addcmul_", "addmm", "addmm_", "addbmm", "baddbmm", "addmv", "addr"), (1, 2)),
+}
+_QUOTIENTS = {**dict.fromkeys(("div", "div_", "divide", "true_divide", "truediv", "__truediv__", "__itruediv__"), 1),
+              "__rtruediv__": 0, "__rdiv__": 0, "addcdiv": 2, "addcdiv_": 2}
+
+# Operations whose result does not carry the values of (some of) their operands:
+_METADATA = {"size", "dim", "ndimension", "numel", "nelement", "get_device", "stride", "element_size",
+             "is_floating_point", "is_complex", "is_contiguous", "data_ptr", "storage_offset"}  # none of them
+_METADATA_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}  # x.shape ...
+_FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+          "new_tensor", "new_ones", "new_zeros", "new_full", "new_empty"}  # not the first one's (shape, dtype only)
+_AS = {"type_as", "expand_as", "view_as", "reshape_as", "to"}  # only the first one's (the others: shape, dtype)
 
 
-def _metadata(node: torch.fx.Node) -> bool:
-    """A node reading a tensor's shape, size or type (never its values)."""
-    if node.op == "call_method":
-        return node.target in ("size", "dim", "numel", "type", "get_device")
-    return node.op == "call_function" and getattr(node.target, "__name__", "") == "getattr" and len(node.args) > 1 \
-        and node.args[1] in ("shape", "ndim", "dtype", "device", "is_cuda")
+def _operands(name: str, args: tuple | list, kwargs: dict) -> list:
+    """The operands, in order and lists flattened, whose values the result of the operation
+    ``name(*args, **kwargs)`` is computed from (``x.type_as(y)``: ``x`` alone; ``x.size()``: none)."""
+    if name in _METADATA or (name == "type" and len(args) + len(kwargs) == 1) or (
+            name == "getattr" and len(args) > 1 and args[1] in _METADATA_ATTRS):
+        return []
+    if name in _FRESH:
+        args = args[1:]
+    elif name in _AS:
+        args, kwargs = args[:1], {}
+    flat: list = []
+    for a in (*args, *kwargs.values()):
+        flat.extend(a if isinstance(a, (list, tuple)) else (a,))
+    return flat
 
 
-def _product_of_inputs(name: str, operands: list[bool]) -> str | None:
-    """What makes an operation non-linear, given which operands (in order) depend on the input."""
-    if name in _PRODUCTS and sum(operands) >= 2:
-        return f"{name}, a product of two values computed from the input"
-    if (name in _QUOTIENTS and len(operands) > 1 and operands[1]) or (name in _DIVISORS and operands and operands[0]):
+def _product_of_inputs(name: str, computed: list[bool]) -> str | None:
+    """What makes an operation non-linear, given which of its :func:`_operands` are computed from the input."""
+    if name in _PRODUCTS:
+        factors = _PRODUCTS[name]
+        if sum(c for i, c in enumerate(computed) if factors is None or i in factors) >= 2:
+            return f"{name}, a product of two values computed from the input"
+    elif name in _QUOTIENTS and len(computed) > _QUOTIENTS[name] and computed[_QUOTIENTS[name]]:
         return f"{name}, a division by a value computed from the input"
+    return None
+
+
+def _finding(name: str, func: object, computed: list[bool]) -> tuple[str, str] | None:
+    """``("activation" | "non-linear", what)`` when an operation on values computed from the input
+    (``computed``: which of its :func:`_operands` are) is one the converter refuses, else None."""
+    product = _product_of_inputs(name, computed)
+    if product is not None:
+        return "non-linear", product
+    if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
+        return "activation", name
+    if func in _NONLINEAR_FUNCTIONS or name in _NONLINEAR_NAMES or name in _COMPARISONS:
+        return "non-linear", name
     return None
 
 
@@ -129,44 +172,52 @@ Findings = list[tuple[str, str]]
 
 def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
     """``(functional activations and reused activation modules, non-linear operations)`` in
-    ``net``'s forward code, by tracing with ``torch.fx``; None when it cannot be traced."""
+    ``net``'s forward code, by tracing with ``torch.fx``; None when it cannot be traced.
+
+    Only operations on values computed from the input (the first argument, and any other without
+    a default) whose result reaches the output count: the rest is a constant of the network."""
     try:
         graph = _Tracer().trace(net)
     except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
         return None
+    live: set[torch.fx.Node] = set()  # nodes the output is computed from
+    todo = [n for n in graph.nodes if n.op == "output"]
+    while todo:
+        node = todo.pop()
+        if node not in live:
+            live.add(node)
+            todo.extend(node.all_input_nodes)
     found, nonlinear, calls = [], [], {}
     depends: set[torch.fx.Node] = set()  # nodes whose value is computed from the input
+    first = True
     for node in graph.nodes:
+        if node.op == "placeholder":
+            if first or not node.args:
+                depends.add(node)
+            first = False
+            continue
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "get_attr" or node not in live:
+            continue
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+        operands = _operands(name, node.args, node.kwargs)
+        computed = [isinstance(a, torch.fx.Node) and a in depends for a in operands]
+        if node.op == "call_module":
+            computed = [a in depends for a in node.all_input_nodes]
+        if not any(computed):
+            continue  # computed from weights and numbers alone: a constant of the converted network
+        depends.add(node)
+        what = _finding(name, node.target, computed) if node.op in ("call_function", "call_method") else None
+        if what is None:
+            continue
+        if what[1] == name:  # say where the operation comes from
+            where = "Tensor" if node.op == "call_method" else "F" if getattr(F, name, None) is node.target else (
+                "operator" if getattr(node.target, "__module__", "") == "_operator" else "torch")
+            what = (what[0], name if what[0] == "activation" and where != "Tensor" else f"{where}.{name}")
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""
-        args: list[torch.fx.Node] = []
-        torch.fx.node.map_arg((node.args, node.kwargs), args.append)
-        if node.op == "placeholder" or (node.op != "get_attr" and any(a in depends for a in args)
-                                        and not _metadata(node)):
-            depends.add(node)
-        if node not in depends and node.op != "call_module":
-            continue  # computed from weights and numbers alone: a constant of the converted network
-        if node.op in ("call_function", "call_method"):
-            name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-            operands = [isinstance(a, torch.fx.Node) and a in depends for a in node.args]
-            product = _product_of_inputs(name, operands)
-            if product is not None:
-                nonlinear.append((owner, product))
-                continue
-        if node.op == "call_function" and node.target in _FUNCTIONAL_RELU:
-            found.append((owner, getattr(node.target, "__name__", str(node.target))))
-        elif node.op == "call_method" and node.target in _METHOD_RELU:
-            found.append((owner, f"Tensor.{node.target}"))
-        elif node.op == "call_function" and (node.target in _NONLINEAR_FUNCTIONS or (
-                getattr(node.target, "__module__", "") == "_operator"
-                and node.target.__name__ in _NONLINEAR_NAMES | _COMPARISONS)):
-            module = "F" if getattr(F, node.target.__name__, None) is node.target else (
-                "operator" if node.target.__module__ == "_operator" else "torch")
-            nonlinear.append((owner, f"{module}.{node.target.__name__}"))
-        elif node.op == "call_method" and node.target in _NONLINEAR_NAMES | _COMPARISONS:
-            nonlinear.append((owner, f"Tensor.{node.target}"))
-        elif node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+        (found if what[0] == "activation" else nonlinear).append((owner, what[1]))
     modules = dict(net.named_modules())
     for target, n in calls.items():
         if n > 1 and is_activation(modules[target]):
@@ -195,40 +246,51 @@ def find_nonlinear_operations(net: nn.Module) -> Findings | None:
     return None if scan is None else scan[1]
 
 
+def _tensors(value: object) -> list[Tensor]:
+    """The tensors in a forward's result (a tensor, or lists, tuples and dicts of them)."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for v in value for t in _tensors(v)] if isinstance(value, (list, tuple)) else []
+
+
 def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Findings]:
     """Run ``net`` once and catch functional activations and reused activation modules, and
-    non-linear operations (as :func:`find_nonlinear_operations`): ``(activations, non-linear)``."""
-    found, nonlinear, stack, calls = [], [], [""], {}
-    names = {m: n for n, m in net.named_modules()}
-    derived = {id(example): example}  # tensors computed from the input (kept alive: their ids stay theirs)
-    masks: dict[int, tuple[str, str]] = {}  # comparisons among them: where they were made
+    non-linear operations (as :func:`find_nonlinear_operations`): ``(activations, non-linear)``.
 
-    def from_input(a: object) -> bool:
-        return isinstance(a, Tensor) and id(a) in derived
+    Each tensor computed from ``example`` carries the findings it was computed through; those
+    of the output are reported (an ``assert x.abs().max() < 1e6`` or a statistic logged on the
+    side is not). Tensors are followed by weak reference: nothing is kept alive."""
+    stack, calls = [""], {}
+    names = {m: n for n, m in net.named_modules()}
+    # id -> (weak reference, findings it was computed through) for the tensors computed from the input
+    carried: dict[int, tuple[weakref.ref, frozenset]] = {id(example): (weakref.ref(example), frozenset())}
+    order: dict[tuple[str, str, str], int] = {}  # each finding: when it was first made
+
+    def carries(a: object) -> frozenset | None:
+        entry = carried.get(id(a)) if isinstance(a, Tensor) else None
+        return entry[1] if entry is not None and entry[0]() is a else None
 
     class Spy(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
-            flat: list = []
-            for a in (*args, *(kwargs or {}).values()):
-                flat.extend(a if isinstance(a, (list, tuple)) else (a,))
-            computed = any(from_input(a) for a in flat)  # else: from weights and numbers alone, a constant
-            product = _product_of_inputs(name, [from_input(a) for a in args]) if computed else None
-            if product is not None:
-                nonlinear.append((stack[-1], product))
-            elif computed and (func in _FUNCTIONAL_RELU or name in _METHOD_RELU):
-                found.append((stack[-1], name))
-            elif computed and name in _NONLINEAR_NAMES:
-                nonlinear.append((stack[-1], name))
-            if name not in ("__bool__", "item", "any", "all", "__get__"):  # a mask used as a value
-                nonlinear.extend(masks.pop(id(a)) for a in flat if isinstance(a, Tensor) and id(a) in masks)
-            out = func(*args, **(kwargs or {}))
-            if computed and name in _COMPARISONS and isinstance(out, Tensor):
-                masks[id(out)] = (stack[-1], name)
-            if computed:
-                for o in out if isinstance(out, (list, tuple)) else (out,):
-                    if isinstance(o, Tensor):
-                        derived[id(o)] = o
+            inputs = [carries(a) for a in _operands(name, args, kwargs)]
+            if all(c is None for c in inputs):
+                return out  # from weights and numbers alone: a constant
+            what = _finding(name, func, [c is not None for c in inputs])
+            if what is not None:
+                what = (stack[-1], *what)
+                order.setdefault(what, len(order))
+            findings = frozenset().union(*(c for c in inputs if c is not None), () if what is None else (what,))
+            results = _tensors(out)
+            if args and isinstance(args[0], Tensor) and (name.endswith("_") or name == "__setitem__"
+                                                         or name.startswith("__i")):
+                results.append(args[0])  # changed in place
+            for o in results:
+                carried[id(o)] = (weakref.ref(o), findings | (carries(o) or frozenset()))
             return out
 
     def pre(m, _):
@@ -241,18 +303,17 @@ def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Finding
 
     handles = [m.register_forward_pre_hook(pre) for m in net.modules()]
     handles += [m.register_forward_hook(post) for m in net.modules()]
-    activation_modules = {m for m in net.modules() if is_activation(m)}
     try:
         with torch.no_grad(), Spy():
-            net(example)
+            output = net(example)
     finally:
         for h in handles:
             h.remove()
+    reached = frozenset().union(*(carries(t) or () for t in _tensors(output)))
     # the constraints' own forward uses relu/clamp internally: not a functional activation; the
     # layers the converter checks as modules (MaxPool, norms) run their own functionals
-    inside = {names[m] for m in activation_modules}
-    found = [(p, w) for p, w in found if p not in inside]
+    skip = {names[m] for m in net.modules() if is_activation(m) or _is_torch_layer(m)}
+    ordered = sorted((f for f in reached if f[0] not in skip), key=order.__getitem__)
+    found = [(p, w) for p, kind, w in ordered if kind == "activation"]
     found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]
-    leaves = {n for n, m in net.named_modules() if len(m._modules) == 0}
-    nonlinear = [(p, w) for p, w in nonlinear if p not in inside and p not in leaves]
-    return found, nonlinear
+    return found, [(p, w) for p, kind, w in ordered if kind == "non-linear"]

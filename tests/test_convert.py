@@ -1,5 +1,8 @@
 """Framework-free conversion checks: errors name the layer; thresholds; BN fusion."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,14 +143,20 @@ class Functional(nn.Module):
     (lambda h: h / torch.linalg.vector_norm(h), "vector_norm"),
     (lambda h: torch.topk(h.flatten(1), 2).values, "topk"),
     (lambda h: torch.where(h > 1, h, torch.zeros_like(h)), "gt"),
+    (lambda h: torch.where(h == h.flip(0), h, 0 * h), "eq"),
+    (lambda h: torch.mul(input=h, other=h), "mul, a product of two values"),
+    (lambda h: torch.einsum("nchw,nchw->nchw", [h, h]), "einsum, a product of two values"),
+    (lambda h: torch.addcmul(h, h, h), "addcmul, a product of two values"),
+    (lambda h: F.linear(h.flatten(1), h.flatten(1)), "linear, a product of two values"),
+    (lambda h: F.cosine_similarity(h, h.flip(0)), "cosine_similarity"),
+    (lambda h: h.gather(1, h.argmax(1, keepdim=True)), "argmax"),
+    (lambda h: F.hardshrink(h), "hardshrink"),
 ])
 def test_nonlinear_operations_in_forward_are_refused(op, what, untraceable):
     # the same operation as a module is refused (MaxPool) or impossible: its functional form must be too
     net = nn.Sequential(Functional(op, untraceable), nn.Linear(1, 2))
     x = torch.rand(3, 1, 4, 4)
-    # (run, not traced, a clamp cannot be told from Tensor.clamp(min=0), a ReLU: either refusal will do)
-    refusal = rf"'0' .*uses .*{what}" + ("" if untraceable and what == "clamp" else ".*non-linear")
-    with pytest.raises(ConversionError, match=refusal):
+    with pytest.raises(ConversionError, match=rf"'0' .*uses .*{what}.*non-linear"):
         convert_ann(net, Probe, IF(threshold=1.0), example_input=x)
 
 
@@ -178,6 +187,128 @@ def test_linear_operations_in_forward_still_convert():
     from snncutoff.graph import check_by_running  # the check of a network fx cannot trace
 
     assert check_by_running(nn.Sequential(Linearish(), nn.Linear(3, 2)), torch.rand(3, 1, 4, 4)) == ([], [])
+
+
+class Rescaled(nn.Module):
+    """A conv, a ReLU module and ``op(self, x or h)``: constants shaped or typed after the input."""
+
+    def __init__(self, op, untraceable: bool = False):
+        super().__init__()
+        self.c, self.act, self.op, self.untraceable = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), op, untraceable
+        self.gamma = nn.Parameter(torch.full((2,), 0.5))
+        self.register_buffer("mean", torch.full((1, 1, 1, 1), 0.1))
+        self.register_buffer("std", torch.full((1, 1, 1, 1), 2.0))
+
+    def forward(self, x, temperature=2.0):
+        if self.untraceable and x.sum() > 1e9:  # data-dependent control flow: fx cannot trace this
+            return x
+        return self.op(self, x).flatten(1).sum(1, keepdim=True) / temperature
+
+
+@pytest.mark.parametrize("untraceable", [False, True])
+@pytest.mark.parametrize("op", [
+    lambda m, x: m.act(m.c((x - m.mean.type_as(x)) / m.std.type_as(x))),
+    lambda m, x: m.act(m.c((x - m.mean.to(x)) / m.std.to(x, non_blocking=True))),
+    lambda m, x: (h := m.act(m.c(x.type(torch.float32)))) * m.gamma.view(1, -1, 1, 1).expand_as(h),
+    lambda m, x: (h := m.act(m.c(x))) * m.gamma.view_as(h[0, :, 0, 0])[None, :, None, None],
+    lambda m, x: (h := m.act(m.c(x))) / h[0].nelement() / x.numel() * x.dim(),
+    lambda m, x: m.act(m.c(x)) * x.new_tensor(0.5) + torch.ones_like(x) * x.new_ones(1) - torch.full_like(x, 2.0),
+    lambda m, x: m.act(m.c(x)) * torch.tensor(x.shape[-1] / x.size(2), dtype=x.dtype, device=x.device),
+])
+def test_values_shaped_or_typed_after_the_input_are_constants(op, untraceable):
+    """type_as / to / expand_as / view_as / new_* / *_like / nelement read the input's shape or
+    type, never its values: the results are constants, and multiplying by them is linear; an
+    argument with a default (the temperature) is a constant too."""
+    from snncutoff.graph import _scan, check_by_running
+
+    net, x = Rescaled(op, untraceable), torch.rand(3, 1, 4, 4)
+    assert (_scan(net) is None) == untraceable
+    assert untraceable or _scan(net) == ([], [])
+    assert check_by_running(net, x) == ([], [])
+    convert_ann(nn.Sequential(net, nn.Linear(1, 2)), Probe, IF(threshold=1.0), example_input=x)
+
+
+def test_a_conversion_of_the_input_still_leaves_its_values_checked():
+    # x.type(dtype) carries x's values (only x.type(), a string, does not)
+    net = Rescaled(lambda m, x: F.relu(m.c(x.type(torch.float32))))
+    with pytest.raises(ConversionError, match=r"uses relu\b"):
+        convert_ann(nn.Sequential(net, nn.Linear(1, 2)), Probe, IF(threshold=1.0))
+    net = Rescaled(lambda m, x: m.act(m.c(x.to(torch.float32))).floor())
+    with pytest.raises(ConversionError, match=r"uses Tensor.floor"):
+        convert_ann(nn.Sequential(net, nn.Linear(1, 2)), Probe, IF(threshold=1.0))
+
+
+class SideChecks(nn.Module):
+    """Non-linear operations on the input whose results never reach the output: a range check
+    that steers control flow (fx cannot trace it), an assert, a statistic kept on the side."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+
+    def forward(self, x):
+        assert (x.abs() < 1e6).all()
+        if (x > 100).sum() > 0:
+            x = x / 255
+        h = self.act(self.c(x))
+        self.sparsity = float((h > 0).float().mean())
+        self.peak = h.amax().floor()
+        return h.mean((2, 3))
+
+
+def test_operations_whose_results_do_not_reach_the_output_are_not_refused():
+    from snncutoff.graph import _scan, check_by_running
+
+    x = torch.rand(3, 1, 4, 4)
+    assert _scan(SideChecks()) is None
+    assert check_by_running(SideChecks(), x) == ([], [])
+    convert_ann(nn.Sequential(SideChecks(), nn.Linear(2, 2)), Probe, IF(threshold=1.0), example_input=x)
+
+    class Unused(nn.Module):  # traced: the floor's result is computed but not used
+        def __init__(self):
+            super().__init__()
+            self.c, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.c(x))
+            _ = F.relu(h).floor()
+            return h.mean((2, 3))
+
+    assert _scan(Unused()) == ([], [])
+
+    class Masked(SideChecks):  # the same mask, now used on the output's values: refused
+        def forward(self, x):
+            h = self.act(self.c(x))
+            h[h > 0.5] = 0.5
+            return h.mean((2, 3))
+
+    assert check_by_running(Masked(), x) == ([], [("", "gt")])
+
+
+def test_the_run_time_check_keeps_no_intermediate_alive():
+    """Tensors are followed by weak reference: a deep network's activations are freed as it runs."""
+    from snncutoff.graph import check_by_running
+
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(4))
+            self.act = nn.ModuleList(nn.ReLU() for _ in range(4))
+
+        def forward(self, x):
+            if x.sum() > 1e9:  # fx cannot trace this
+                return x
+            refs = []
+            for layer, act in zip(self.layers, self.act):
+                x = act(layer(x))
+                refs.append(weakref.ref(x))
+            gc.collect()
+            self.alive = sum(r() is not None for r in refs)
+            return x
+
+    net = Deep()
+    check_by_running(net, torch.rand(2, 4))
+    assert net.alive == 1  # only the last, still held by the forward
 
 
 def test_maxpool_needs_avg():
