@@ -525,7 +525,7 @@ def test_a_forward_that_loops_over_its_input_as_time_is_refused_unless_multistep
     torch.manual_seed(0)
     net = LoopNet()
     flat = [(x.flatten(1), y) for x, y in DATA]
-    with pytest.raises(LoopsOverTimeError, match=r"'lif1' 32 time\(s\) for one step of 32 samples.*multistep=True"):
+    with pytest.raises(LoopsOverTimeError, match=r"'lif1' 32 time\(s\) for 1 step\(s\) of 32 samples.*multistep=True"):
         sc.collect_trace("snntorch", net, flat, T=6, progress=False)
     with pytest.raises(LoopsOverTimeError, match="early exit needs a forward that takes one step per call"):
         sc.early_exit("snntorch", net, flat[0][0], sc.Confidence(0.5), T=6)
@@ -533,6 +533,44 @@ def test_a_forward_that_loops_over_its_input_as_time_is_refused_unless_multistep
     with torch.no_grad():
         want = net(flat[0][0].unsqueeze(0).expand(6, -1, -1))
     assert torch.equal(whole.per_step_outputs()[:, :32], want)
+
+
+def test_neurons_fed_transposed_or_token_inputs_or_called_twice_are_no_loop_over_time():
+    """Only a neuron called once per sample (the samples taken as steps) is a loop over time;
+    a neuron whose state rows are not samples refuses early exit (rows cannot be dropped)."""
+    functional, layer, neuron, surrogate = _sj()
+    from snncutoff.backends.base import LoopsOverTimeError
+
+    class Tokens(nn.Module):  # [N, 64] -> 8 tokens of 8 features flattened into the batch; a neuron used twice
+        def __init__(self, out: int = 64, transposed: bool = True):
+            super().__init__()
+            self.fc, self.n1, self.n2, self.t = nn.Linear(8, 8), neuron.IFNode(), neuron.IFNode(), neuron.IFNode()
+            self.out, self.transposed = nn.Linear(out, 10), transposed
+
+        def forward(self, x):
+            h = self.n2(self.n2(self.n1(self.fc(x.reshape(-1, 8)))))  # [N * 8, 8]
+            h = h.reshape(x.shape[0], -1)
+            return self.out(self.t(h.t()).t() if self.transposed else h)  # a neuron on [F, N]
+
+    torch.manual_seed(0)
+    x, y = DATA[0][0].flatten(1), DATA[0][1]
+    for n in (3, 32):  # n2 is called twice per step on [8 n, 8]
+        trace = sc.collect_trace("spikingjelly", Tokens(), [(x[:n], y[:n])], T=4, progress=False)
+        assert trace.outputs.shape == (4, n, 10)
+        with pytest.raises(ValueError, match=rf"neuron 'n1' inputs of shape \[{8 * n}, 8\] for {n} samples.*post hoc"):
+            sc.early_exit("spikingjelly", Tokens(), x[:n], sc.Stability(2), T=4)
+    with pytest.raises(ValueError, match="8x64 and 63x10") as info:  # a plain shape error stays one
+        sc.collect_trace("spikingjelly", Tokens(63), [(x[:8], y[:8])], T=4, progress=False)
+    assert not isinstance(info.value, LoopsOverTimeError)
+
+    class Rows(Tokens):  # the batch first everywhere: early exit runs, as evaluate
+        def forward(self, x):
+            return self.out(self.t(self.n2(self.n2(self.n1(self.fc(x.view(-1, 8, 8))))).flatten(1)))
+
+    net = Rows()
+    trace = sc.collect_trace("spikingjelly", net, [(x, y)], T=4, progress=False)
+    steps = sc.early_exit("spikingjelly", net, x, sc.Stability(2), T=4)[0]
+    assert torch.equal(steps, sc.Stability(2).evaluate(trace).exit_step)
 
 
 def test_spikingjelly_multistep_container_networks_run_as_multistep():

@@ -208,7 +208,8 @@ class Session:
         if first:
             self.first_batch = n
         try:
-            with self.backend.checking_steps(self.net, n, k) if first and not self.multistep else nullcontext():
+            checking = self.backend.checking_steps(self.net, n, k) if first and not self.multistep else nullcontext({})
+            with checking as unbatched:
                 if k == 1 and not self.multistep:
                     y = self.backend.step(self.net, x[0], self.readout)
                     y = y.unsqueeze(0) if isinstance(y, Tensor) and y.dim() == 2 else y
@@ -218,6 +219,13 @@ class Session:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ValueError(self._failure(exc, x)) from exc
+        if unbatched:
+            name, shape = next(iter(unbatched.items()))
+            raise ValueError(
+                f"{type(self.net).__name__} feeds its neuron '{name}' inputs of shape {list(shape)} for {n} samples: "
+                "their first dimension is not the samples (a transposed or token-flattened input), so the rows of "
+                "its state are not samples and early exit cannot drop an exited sample's. Measure this network post "
+                "hoc: collect_trace(...), then policy.evaluate(trace) (the same exits, without the saving in time)")
         self._check(y, k, n)
         if self.classes is None:
             self.classes = y.shape[-1]

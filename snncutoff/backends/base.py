@@ -338,47 +338,55 @@ class Backend(ABC):
         return self._readout(net, net(x_t), readout)
 
     @contextmanager
-    def checking_steps(self, net: nn.Module, n: int, k: int = 1) -> Iterator[None]:
+    def checking_steps(self, net: nn.Module, n: int, k: int = 1) -> Iterator[dict[str, tuple[int, ...]]]:
         """Around a single-step call of ``net`` covering ``k`` steps of ``n`` samples: refuse a
         forward that loops over time itself (``for step in range(x.size(0)): ... x[step]``),
-        which, given one step ``[N, ...]``, loops over the samples instead. Seen as a neuron
-        called more than ``k`` times on inputs without the batch dimension (or, when the call
-        fails, called on such an input at all)."""
+        which, given one step ``[N, ...]``, loops over the samples instead. Seen as one neuron
+        called on inputs without the batch dimension once per sample and step (at least
+        ``max(n, 2) * k`` times; when the call then fails, the failure is told too). A neuron
+        fed a transposed or token-flattened input, or called twice per step, is not refused.
+
+        Yields ``{neuron: input shape}`` of the neurons fed inputs whose first dimension is not
+        the ``n`` samples (filled during the call): their state rows are not samples."""
         calls: dict[str, int] = {}
-        lost: list[tuple[str, tuple[int, ...]]] = []
+        lost: dict[str, tuple[int, ...]] = {}  # neurons fed an input without the batch dimension: its shape
 
         def watch(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple) -> None:
                 calls[name] = calls.get(name, 0) + 1
                 x = args[0] if args else None
-                if isinstance(x, Tensor) and not lost and (x.dim() == 0 or x.shape[0] != n):
-                    lost.append((name, tuple(x.shape)))
+                if not isinstance(x, Tensor):
+                    return
+                if not (x.dim() >= 1 and x.shape[0] == n or x.dim() >= 2 and x.shape[:2] == (k, n)):
+                    lost.setdefault(name, tuple(x.shape))  # neither [n, ...] nor a block's [k, n, ...]
             return hook
 
         handles = [m.register_forward_pre_hook(watch(name)) for name, m in self.spiking_layers(net)]
 
-        def refusal(failure: str = "") -> LoopsOverTimeError:
-            name, shape = lost[0]
+        def refusal(name: str, failure: str = "") -> LoopsOverTimeError:
             return LoopsOverTimeError(
-                f"{type(net).__name__}'s forward called its neuron '{name}' {calls[name]} time(s) for one step of "
-                f"{n} samples, on inputs of shape {list(shape)}: it seems to loop over the first dimension of its "
-                "input as time (for step in range(x.size(0)): ... x[step]), so given one step [N, ...] it loops "
-                "over the samples. collect_trace(..., multistep=True) gives such a network the whole [T, N, ...] "
-                "sequence in one call; early exit needs a forward that takes one step per call (snnTorch: layers "
-                "and Leaky(init_hidden=True) neurons in an nn.Sequential, the last with output=True; "
-                f"SpikingJelly: single-step mode){failure}")
+                f"{type(net).__name__}'s forward called its neuron '{name}' {calls[name]} time(s) for {k} step(s) "
+                f"of {n} samples, on inputs of shape {list(lost[name])}: it seems to loop over the first dimension "
+                "of its input as time (for step in range(x.size(0)): ... x[step]), so given one step [N, ...] it "
+                "loops over the samples. collect_trace(..., multistep=True) gives such a network the whole "
+                "[T, N, ...] sequence in one call; early exit needs a forward that takes one step per call "
+                "(snnTorch: layers and Leaky(init_hidden=True) neurons in an nn.Sequential, the last with "
+                f"output=True; SpikingJelly: single-step mode){failure}")
+
+        def looped() -> str | None:
+            return next((name for name in lost if calls[name] >= max(n, 2) * k), None)
 
         try:
-            yield
+            yield lost
         except Exception as exc:
-            if lost:
-                raise refusal(f". The call failed: {exc}") from exc
+            if looped() is not None:
+                raise refusal(looped(), f". The call failed: {exc}") from exc
             raise
         finally:
             for h in handles:
                 h.remove()
-        if lost and any(c > k for c in calls.values()):
-            raise refusal()
+        if looped() is not None:
+            raise refusal(looped())
 
     def run(
         self, net: nn.Module, x_seq: Tensor, readout: Readout = "auto", multistep: bool | None = None
