@@ -100,8 +100,9 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if not isinstance(exc, KeyboardInterrupt) and _interrupted(exc):  # torch's writer, closing after Ctrl-C
-            raise KeyboardInterrupt from exc
+        stop = _interruption(exc)
+        if stop is not None and stop is not exc:  # torch's writer, closing after Ctrl-C or SIGTERM, hides it
+            raise (KeyboardInterrupt() if isinstance(stop, KeyboardInterrupt) else SystemExit(stop.code)) from exc
         if _disk_full(exc, path.parent):
             raise DiskFullError(errno.ENOSPC, f"no space left on the device holding {path.parent} while writing "
                                 f"{path.name}; free some space and run again (the previous {path.name}, if any, "
@@ -110,15 +111,16 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
     return path
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised while handling a ``KeyboardInterrupt`` (which it would hide)."""
+def _interruption(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
+    """The ``KeyboardInterrupt`` or ``SystemExit`` (SIGTERM) that ``exc`` is, or was raised while
+    handling (and would hide), or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
         seen.add(id(exc))
         exc = exc.__context__
-    return False
+    return None
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -199,9 +201,20 @@ def load_torch(path: str | os.PathLike, what: str, fix: str, map_location: Any =
 
 
 def _damaged_member(path: Path) -> str | None:
-    """The first member of the zip file ``path`` whose CRC-32 does not match its contents, or None."""
+    """The first member of the zip file ``path`` whose CRC-32 does not match its contents, or None.
+    A member stored with CRC 0 and contents (``torch.serialization.set_crc32_options(False)``) was
+    written without a checksum: it is not checked."""
     try:
         with zipfile.ZipFile(path) as z:
-            return z.testzip()
+            for info in z.infolist():
+                if info.CRC == 0 and info.file_size > 0:
+                    continue
+                try:
+                    with z.open(info) as f:
+                        while f.read(1 << 24):
+                            pass
+                except zipfile.BadZipFile:
+                    return info.filename
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         return f"its zip directory ({exc})"
+    return None

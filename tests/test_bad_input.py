@@ -256,6 +256,23 @@ def test_a_bit_flipped_in_a_saved_file_is_found(tmp_path):
         load_model(models.get("cnn"), tmp_path / "last.pt")
 
 
+def test_a_file_saved_without_checksums_loads_and_its_damage_is_not_guessed(tmp_path):
+    """torch.serialization.set_crc32_options(False) stores CRC 0 for every member: no checksum to check."""
+    if not hasattr(torch.serialization, "set_crc32_options"):
+        pytest.skip("this torch always writes checksums")
+    trace = make_trace(T=4, N=50, C=10)
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = trace.save(tmp_path / "t.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(sc.Trace.load(path).outputs, trace.outputs)
+    path = trace.save(tmp_path / "checked.pt")  # the same file with checksums: a flipped bit is found
+    _flip_a_bit(path, "data/0")
+    with pytest.raises(Exception, match="does not match its checksum"):
+        sc.Trace.load(path)
+
+
 def test_a_legacy_format_file_is_mapped_only_after_saving_it_again(tmp_path):
     from snncutoff.io import CorruptFileError
 

@@ -239,19 +239,21 @@ def test_a_progress_bar_never_changes_what_a_seeded_run_draws(workers):
             assert torch.equal(real.exit_step, post.exit_step) and torch.equal(real.predictions, post.predictions)
 
 
-def test_ctrl_c_while_torch_writes_is_a_keyboard_interrupt_and_leaves_nothing(tmp_path):
-    """torch's zip writer, closed after a KeyboardInterrupt, raises its own RuntimeError ("unexpected
-    pos"), which would hide the interrupt."""
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])
+def test_ctrl_c_or_sigterm_while_torch_writes_is_an_interrupt_and_leaves_nothing(tmp_path, stop):
+    """torch's zip writer, closed after a KeyboardInterrupt (Ctrl-C) or the SystemExit(143) the
+    CLI raises on SIGTERM, raises its own RuntimeError ("unexpected pos"), which would hide it."""
     from snncutoff.io import _atomic
 
     def write(f):
         try:
             f.write(b"partial")
-            raise KeyboardInterrupt
+            raise stop
         finally:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 896 vs 790")
 
     (tmp_path / "t.pt").write_bytes(b"previous")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(stop)) as info:
         _atomic(tmp_path / "t.pt", write)
+    assert isinstance(stop, KeyboardInterrupt) or info.value.code == 143
     assert (tmp_path / "t.pt").read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
