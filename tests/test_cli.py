@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -98,6 +99,26 @@ def test_a_folder_used_again_holds_one_whole_run(compared, tmp_path, monkeypatch
         [f"{one}-{part}.pt" for part in ("train", "calibration", "test")] + ["my-own.pt"])
     assert not list(tmp_path.glob(".incomplete-*"))
     assert all(str(tmp_path) in png and open(png, "rb").read(8) == PNG for png in d["plots"])
+
+    import snncutoff_bench.cli as cli  # Ctrl-C while the finished run's files are moved in: the move is finished
+
+    moves, real_replace = 0, os.replace
+
+    def interrupted_move(src, dst):
+        nonlocal moves
+        real_replace(src, dst)
+        if Path(dst).parent in (tmp_path, tmp_path / "traces"):  # a move into place
+            moves += 1
+            if moves == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.os, "replace", interrupted_move)
+    assert CliRunner().invoke(main, [*args, "--backends", one, "--seed", "2"]).exit_code != 0
+    monkeypatch.undo()
+    assert moves > 2 and json.loads((tmp_path / "results.json").read_text())["seed"] == 2
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == sorted(
+        [f"{one}-{part}.pt" for part in ("train", "calibration", "test")] + ["my-own.pt"])
+    assert not list(tmp_path.glob(".incomplete-*"))
 
 
 def test_sweep_from_stored_traces(compared, tmp_path):

@@ -291,7 +291,12 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
             str(out / plots.pareto(curves, stage / "pareto.png").name)]
         _finish(results, out, as_json, compare_table(results), quiet, stage)
     except BaseException as exc:
-        if rank == 0:
+        if rank == 0 and (stage / ".publish.json").exists():  # stopped while moving its files: finish
+            try:
+                _complete(stage, out, json.loads((stage / ".publish.json").read_text()))
+            except BaseException:  # noqa: BLE001 - left for the next run into out to complete (_recover)
+                pass
+        elif rank == 0:
             shutil.rmtree(stage, ignore_errors=True)  # a failed run's partial files
             if not output_dir and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # the folder made for this run holds nothing: leave none behind
