@@ -98,6 +98,9 @@ class TraceSummary:
         if missing:
             raise ValueError(f"a trace summary needs the statistics {', '.join(missing)}")
         object.__setattr__(self, "C", check_int("C", self.C, 1))
+        if self.C < 2:
+            raise ValueError("a trace summary needs C >= 2 classes (its top-1 / top-2 gap), got C = 1: a binary "
+                             "classifier's single logit z is one class; give the rules two, torch.cat([-z, z], 1)")
         for name, value in self.statistics.items():
             if not isinstance(value, Tensor) or value.dim() < 2:
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__

@@ -152,3 +152,15 @@ def test_subset_save_and_load_errors_say_what_is_wrong(tmp_path):
     tr.summary().save(tmp_path / "s.pt")
     with pytest.raises(ValueError, match="holds a trace summary.*TraceSummary.load"):
         Trace.load(tmp_path / "s.pt")
+
+
+def test_a_one_class_trace_cannot_be_summarised_and_says_what_to_do():
+    """C = 1 (a binary classifier's single logit): no top-1 / top-2 gap, in a trace or a summary."""
+    from snncutoff.summary import TraceSummary, summarize
+
+    torch.manual_seed(0)
+    tr = Trace(torch.randn(4, 6, 1), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="gap needs C >= 2"):
+        tr.summary()
+    with pytest.raises(ValueError, match=r"needs C >= 2 classes.*torch\.cat\(\[-z, z\], 1\)"):
+        TraceSummary(summarize(tr.outputs, tr.labels), tr.labels, 1)
