@@ -19,6 +19,7 @@ all-reduces the metrics, and only rank 0 writes files and shows progress.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -415,16 +416,24 @@ class Trainer:
         mismatch = state_dict_mismatch(self.model, ckpt["model"])
         if mismatch:
             raise ValueError(f"checkpoint {path} does not match the model: {mismatch}")
+        generator = getattr(loader, "generator", None)
+        # all or nothing: a state that fails to restore leaves the model, optimizer and RNG as they were
+        before = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(opt.state_dict()),
+                  copy.deepcopy(sched.state_dict()), rng_state(generator))
         try:
+            best = check_number("best_accuracy", ckpt["best_accuracy"])
             self.model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
-            self.best_accuracy_ = check_number("best_accuracy", ckpt["best_accuracy"])
-            set_rng_state(ckpt["rng"], getattr(loader, "generator", None))
+            set_rng_state(ckpt["rng"], generator)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            self.model.load_state_dict(before[0])
+            opt.load_state_dict(before[1])
+            sched.load_state_dict(before[2])
+            set_rng_state(before[3], generator)
             raise CorruptFileError(f"{path} cannot be resumed from: restoring its state failed ({type(exc).__name__}: "
-                                   f"{exc}); delete it to "
-                                   "train from the start") from None
+                                   f"{exc}); delete it to train from the start (the model is left as it was)") from None
+        self.best_accuracy_ = best
         self.history_ = list(ckpt["history"])
         return epoch
 

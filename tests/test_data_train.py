@@ -368,9 +368,13 @@ def test_a_damaged_training_checkpoint_is_named_on_resume(tmp_path, changes, mes
     Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path, progress=False).fit([(x, y)])
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     torch.save(_damaged(ckpt, **changes), tmp_path / "last.pt")
+    model = models.get("cnn")
+    trainer = Trainer(model, TrainConfig(epochs=1), checkpoint_dir=tmp_path, resume=True, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CorruptFileError, match=f"{tmp_path / 'last.pt'}.*{message}"):
-        Trainer(models.get("cnn"), TrainConfig(epochs=1), checkpoint_dir=tmp_path, resume=True,
-                progress=False).fit([(x, y)])
+        trainer.fit([(x, y)])
+    # all or nothing: the model is not left half restored (the checkpoint's weights, another state)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
