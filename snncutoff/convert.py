@@ -32,7 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from .constraints import Constraint
-from .graph import _scan, check_by_running, child_slots, is_activation, is_dropout, is_empty_sequential, is_voting
+from .graph import (
+    _library_layer,
+    _scan,
+    check_by_running,
+    child_slots,
+    is_activation,
+    is_dropout,
+    is_empty_sequential,
+    is_voting,
+)
 from .spec import IF
 from .stats import nearest_rank
 from .validation import INPUT_HINT, check_finite
@@ -171,7 +180,7 @@ def _unsupported(ann: nn.Module, maxpool: str) -> tuple[str, nn.Module] | None:
         if isinstance(m, _MAXPOOL):
             if maxpool != "avg":
                 return path, m
-        elif len(m._modules) == 0 and not isinstance(m, SUPPORTED) and not is_voting(m):
+        elif (len(m._modules) == 0 or _library_layer(m)) and not isinstance(m, SUPPORTED) and not is_voting(m):
             return path, m
     return None
 

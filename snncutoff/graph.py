@@ -7,6 +7,7 @@ can be swapped).
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import torch
@@ -18,9 +19,9 @@ class Activation(nn.Module):
     """Marker base class of the activation modules a converter turns into neurons (the constraints)."""
 
 
-_FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu,
-                    torch.sigmoid, torch.tanh, F.hardtanh, F.elu}
-_METHOD_RELU = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}  # clamp, clip: see _NONLINEAR_NAMES
+# Activations, by name (a function, a Tensor method, or their in-place forms ending in "_")
+_ACTIVATION_NAMES = {"relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "special_expit", "tanh", "hardtanh",
+                     "elu"}
 
 # Operations whose output is not linear (affine) in their input: a converted network applies
 # them to each step's spikes, which is not the operation applied to the rates (the max of
@@ -43,16 +44,15 @@ _NONLINEAR_NAMES = {
     "topk", "sort", "kthvalue", "median", "nanmedian", "mode", "var", "std", "prod", "cumprod", "cummax",
     "cummin", "logcumsumexp", "reciprocal", "reciprocal_", "logsumexp", "erf", "erfc", "erfinv", "logit",
     "sin", "cos", "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh",
-    "log2", "log10", "log1p", "expm1", "exp2", "xlogy", "hypot",
+    "log2", "log10", "log1p", "expm1", "exp2", "xlogy", "hypot", "logaddexp", "logaddexp2", "sinc",
+    "gumbel_softmax", "rms_norm", "var_mean", "std_mean", "aminmax",
     "float_power", "__pow__", "__rpow__", "__ipow__", "floordiv", "floor_divide", "__floordiv__", "__rfloordiv__",
     "fmod", "remainder", "__mod__", "__rmod__",
 }
 # Comparisons of values computed from the input: a mask made from them (torch.where(h > 1, ...)) is a
 # threshold, non-linear; a comparison that only steers control flow (if x.sum() > 0) is not.
 _COMPARISONS = {"gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal",
-                "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__"}
-_NONLINEAR_FUNCTIONS = {getattr(mod, name) for mod in (torch, F, torch.linalg) for name in _NONLINEAR_NAMES
-                        if callable(getattr(mod, name, None))}
+                "isclose", "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__"}
 # Products and quotients, linear only while one side is a constant (a weight, a number): of two
 # values computed from the input (x * y, x @ y, x / y) they are not. For each product, the
 # operands multiplied together (None: any two); for each quotient, the divisor's position.
@@ -60,7 +60,8 @@ _PRODUCTS: dict[str, tuple[int, ...] | None] = {
     **dict.fromkeys(("mul", "mul_", "multiply", "__mul__", "__rmul__", "__imul__", "matmul", "__matmul__",
                      "__rmatmul__", "mm", "bmm", "mv", "einsum", "outer", "ger", "inner", "dot", "vdot", "kron",
                      "tensordot", "chain_matmul", "multi_dot"), None),
-    **dict.fromkeys(("linear", "bilinear"), (0, 1)),
+    **dict.fromkeys(("linear", "bilinear", "cross", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                     "conv_transpose2d", "conv_transpose3d"), (0, 1)),  # input and weight
     **dict.fromkeys(("addcmul", "addcmul_", "addmm", "addmm_", "addbmm", "baddbmm", "addmv", "addr"), (1, 2)),
 }
 _QUOTIENTS = {**dict.fromkeys(("div", "div_", "divide", "true_divide", "truediv", "__truediv__", "__itruediv__"), 1),
@@ -70,8 +71,9 @@ _QUOTIENTS = {**dict.fromkeys(("div", "div_", "divide", "true_divide", "truediv"
 _METADATA = {"size", "dim", "ndimension", "numel", "nelement", "get_device", "stride", "element_size",
              "is_floating_point", "is_complex", "is_contiguous", "data_ptr", "storage_offset"}  # none of them
 _METADATA_ATTRS = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}  # x.shape ...
-_FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
-          "new_tensor", "new_ones", "new_zeros", "new_full", "new_empty"}  # not the first one's (shape, dtype only)
+_FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like", "new",
+          "new_tensor", "new_ones", "new_zeros", "new_full", "new_empty", "zero_", "fill_", "normal_", "uniform_",
+          "random_", "bernoulli_", "exponential_"}  # not the first one's (its shape, dtype; values overwritten)
 _AS = {"type_as", "expand_as", "view_as", "reshape_as", "to"}  # only the first one's (the others: shape, dtype)
 
 
@@ -82,7 +84,7 @@ def _operands(name: str, args: tuple | list, kwargs: dict) -> list:
             name == "getattr" and len(args) > 1 and args[1] in _METADATA_ATTRS):
         return []
     if name in _FRESH:
-        args = args[1:]
+        args, kwargs = args[1:], {k: v for k, v in kwargs.items() if k not in ("input", "self")}
     elif name in _AS:
         args, kwargs = args[:1], {}
     flat: list = []
@@ -99,20 +101,35 @@ def _product_of_inputs(name: str, computed: list[bool]) -> str | None:
             return f"{name}, a product of two values computed from the input"
     elif name in _QUOTIENTS and len(computed) > _QUOTIENTS[name] and computed[_QUOTIENTS[name]]:
         return f"{name}, a division by a value computed from the input"
+    elif name in ("lerp", "lerp_") and len(computed) > 2 and computed[2] and (computed[0] or computed[1]):
+        return f"{name}, a product of two values computed from the input (its weight and an end)"
+    elif name == "grid_sample" and len(computed) > 1 and computed[1]:
+        return f"{name}, sampling at positions computed from the input"
     return None
 
 
-def _finding(name: str, func: object, computed: list[bool]) -> tuple[str, str] | None:
+def _finding(name: str, computed: list[bool], operands: list) -> tuple[str, str] | None:
     """``("activation" | "non-linear", what)`` when an operation on values computed from the input
-    (``computed``: which of its :func:`_operands` are) is one the converter refuses, else None."""
+    (``computed``: which of its :func:`_operands` are) is one the converter refuses, else None.
+    An in-place form (``exp_``, ``F.elu_``) is its operation's; ``x != x`` (a NaN test) is no mask."""
     product = _product_of_inputs(name, computed)
     if product is not None:
         return "non-linear", product
-    if func in _FUNCTIONAL_RELU or name in _METHOD_RELU:
+    base = name[:-1] if name.endswith("_") and not name.endswith("__") else name
+    if base in _ACTIVATION_NAMES:
         return "activation", name
-    if func in _NONLINEAR_FUNCTIONS or name in _NONLINEAR_NAMES or name in _COMPARISONS:
+    if base in _COMPARISONS and len(operands) >= 2 and operands[0] is operands[1]:
+        return None
+    if base in _NONLINEAR_NAMES or base in _COMPARISONS:
         return "non-linear", name
     return None
+
+
+def _in_place(name: str, kwargs: dict) -> bool:
+    """Whether the operation writes into its first operand (or ``out=``) rather than only returning a value."""
+    return (name.endswith("_") and not name.endswith("__")) or name in ("__setitem__", "setitem") or (
+        name.startswith("__i") and name not in ("__index__", "__int__", "__invert__")) or (
+        kwargs.get("inplace") is True or kwargs.get("out") is not None)
 
 
 def child_slots(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -158,12 +175,18 @@ def _is_torch_layer(m: nn.Module) -> bool:
         c is not nn.Module and c.__module__.startswith("torch.nn.") for c in type(m).__mro__)
 
 
+def _library_layer(m: nn.Module) -> bool:
+    """A torch.nn layer whose ``forward`` is a library's own (torch's, SpikingJelly's, snnTorch's):
+    checked as a module. A subclass with a ``forward`` of its own is checked like any code."""
+    return _is_torch_layer(m) and type(m).forward.__module__.split(".")[0] in ("torch", "spikingjelly", "snntorch")
+
+
 class _Tracer(torch.fx.Tracer):
     """fx tracer that keeps constraint activations and torch layers (subclasses too) whole: their
     own forward (relu in a constraint, max pooling in a MaxPool) is checked as a module."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Activation) or _is_torch_layer(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, Activation) or _library_layer(m) or super().is_leaf_module(m, qualname)
 
 
 Findings = list[tuple[str, str]]
@@ -175,13 +198,18 @@ def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
     ``net``'s forward code, by tracing with ``torch.fx``; None when it cannot be traced.
 
     Only operations on values computed from the input (the first argument, and any other without
-    a default) whose result reaches the output count: the rest is a constant of the network."""
+    a default) whose result reaches the output, or that write into a tensor (``h.relu_()``,
+    ``out=``), count: the rest is a constant of the network."""
     try:
         graph = _Tracer().trace(net)
     except Exception:  # noqa: BLE001 - any tracing failure means "could not check statically"
         return None
-    live: set[torch.fx.Node] = set()  # nodes the output is computed from
-    todo = [n for n in graph.nodes if n.op == "output"]
+    def name_of(node: torch.fx.Node) -> str:
+        return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+    live: set[torch.fx.Node] = set()  # nodes the output is computed from (or that write into a tensor)
+    todo = [n for n in graph.nodes if n.op == "output" or (
+        n.op in ("call_function", "call_method") and _in_place(name_of(n), n.kwargs))]
     while todo:
         node = todo.pop()
         if node not in live:
@@ -200,7 +228,7 @@ def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
             calls[node.target] = calls.get(node.target, 0) + 1
         if node.op == "get_attr" or node not in live:
             continue
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+        name = name_of(node)
         operands = _operands(name, node.args, node.kwargs)
         computed = [isinstance(a, torch.fx.Node) and a in depends for a in operands]
         if node.op == "call_module":
@@ -208,7 +236,7 @@ def _scan(net: nn.Module) -> tuple[Findings, Findings] | None:
         if not any(computed):
             continue  # computed from weights and numbers alone: a constant of the converted network
         depends.add(node)
-        what = _finding(name, node.target, computed) if node.op in ("call_function", "call_method") else None
+        what = _finding(name, computed, operands) if node.op in ("call_function", "call_method") else None
         if what is None:
             continue
         if what[1] == name:  # say where the operation comes from
@@ -247,50 +275,87 @@ def find_nonlinear_operations(net: nn.Module) -> Findings | None:
 
 
 def _tensors(value: object) -> list[Tensor]:
-    """The tensors in a forward's result (a tensor, or lists, tuples and dicts of them)."""
+    """The tensors in a forward's result: a tensor, or lists, tuples, dicts and dataclasses of them."""
     if isinstance(value, Tensor):
         return [value]
     if isinstance(value, dict):
         value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
     return [t for v in value for t in _tensors(v)] if isinstance(value, (list, tuple)) else []
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    """Whether two live tensors share memory (a view, ``.data``, ``detach()``)."""
+    try:
+        ptr = a.untyped_storage().data_ptr()
+        return ptr != 0 and ptr == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
 
 
 def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Findings]:
     """Run ``net`` once and catch functional activations and reused activation modules, and
     non-linear operations (as :func:`find_nonlinear_operations`): ``(activations, non-linear)``.
 
-    Each tensor computed from ``example`` carries the findings it was computed through; those
-    of the output are reported (an ``assert x.abs().max() < 1e6`` or a statistic logged on the
-    side is not). Tensors are followed by weak reference: nothing is kept alive."""
+    Each tensor computed from ``example`` carries the findings it was computed through (an
+    operation writing into a tensor, through a view of it too, adds its own to it); those of
+    the output are reported (an ``assert x.abs().max() < 1e6`` or a statistic logged on the
+    side is not), or all of them when the output cannot be followed back to ``example`` (an
+    operation the check does not see, such as a TorchScript function). Tensors are followed
+    by weak reference: nothing is kept alive."""
     stack, calls = [""], {}
     names = {m: n for n, m in net.named_modules()}
     # id -> (weak reference, findings it was computed through) for the tensors computed from the input
     carried: dict[int, tuple[weakref.ref, frozenset]] = {id(example): (weakref.ref(example), frozenset())}
+    aliases: dict[int, tuple[weakref.ref, weakref.ref]] = {}  # id -> (tensor, the tensor whose memory it shares)
     order: dict[tuple[str, str, str], int] = {}  # each finding: when it was first made
 
     def carries(a: object) -> frozenset | None:
         entry = carried.get(id(a)) if isinstance(a, Tensor) else None
         return entry[1] if entry is not None and entry[0]() is a else None
 
+    def owners(t: Tensor) -> list[Tensor]:
+        """``t`` and every tensor whose memory it is a view or alias of."""
+        chain: list[Tensor] = []
+        while isinstance(t, Tensor) and all(t is not c for c in chain):
+            chain.append(t)
+            entry = aliases.get(id(t))
+            t = t._base if t._base is not None else (entry[1]() if entry is not None and entry[0]() is t else None)
+        return chain
+
     class Spy(torch.overrides.TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
-            inputs = [carries(a) for a in _operands(name, args, kwargs)]
-            if all(c is None for c in inputs):
-                return out  # from weights and numbers alone: a constant
-            what = _finding(name, func, [c is not None for c in inputs])
+            results = _tensors(out)
+            first = args[0] if args and isinstance(args[0], Tensor) else None
+            for o in results:
+                if first is not None and o is not first and _same_storage(o, first):
+                    aliases[id(o)] = (weakref.ref(o), weakref.ref(first))
+            operands = _operands(name, args, kwargs)
+            inputs = [carries(a) for a in operands]
+            written = kwargs.get("out") if kwargs.get("out") is not None else first
+            written = written if _in_place(name, kwargs) and isinstance(written, Tensor) else None
+            if all(c is None for c in inputs):  # from weights and numbers alone: a constant
+                if written is not None and name in _FRESH:
+                    carried.pop(id(written), None)  # overwritten with one (zero_, fill_)
+                return out
+            what = _finding(name, [c is not None for c in inputs], operands)
             if what is not None:
                 what = (stack[-1], *what)
                 order.setdefault(what, len(order))
             findings = frozenset().union(*(c for c in inputs if c is not None), () if what is None else (what,))
-            results = _tensors(out)
-            if args and isinstance(args[0], Tensor) and (name.endswith("_") or name == "__setitem__"
-                                                         or name.startswith("__i")):
-                results.append(args[0])  # changed in place
-            for o in results:
-                carried[id(o)] = (weakref.ref(o), findings | (carries(o) or frozenset()))
+            for i, o in enumerate(results):
+                if o is not written:
+                    own = inputs[i] if name == "broadcast_tensors" else findings  # one result per operand
+                    if own is not None:
+                        carried[id(o)] = (weakref.ref(o), own)
+            if written is not None:  # it, and what it is a view of, now hold these values
+                for o in owners(written):
+                    kept = carries(o) if o is not written or name not in _FRESH else None
+                    carried[id(o)] = (weakref.ref(o), findings | (kept or frozenset()))
             return out
 
     def pre(m, _):
@@ -301,18 +366,19 @@ def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Finding
     def post(m, _in, _out):
         stack.pop()
 
-    handles = [m.register_forward_pre_hook(pre) for m in net.modules()]
-    handles += [m.register_forward_hook(post) for m in net.modules()]
+    hooked = [m for m in net.modules() if not isinstance(m, torch.jit.ScriptModule)]  # (no hooks there)
+    handles = [m.register_forward_pre_hook(pre) for m in hooked] + [m.register_forward_hook(post) for m in hooked]
     try:
         with torch.no_grad(), Spy():
             output = net(example)
     finally:
         for h in handles:
             h.remove()
-    reached = frozenset().union(*(carries(t) or () for t in _tensors(output)))
+    traced = [carries(t) for t in _tensors(output)]
+    reached = frozenset(order) if all(c is None for c in traced) else frozenset().union(*(c or () for c in traced))
     # the constraints' own forward uses relu/clamp internally: not a functional activation; the
     # layers the converter checks as modules (MaxPool, norms) run their own functionals
-    skip = {names[m] for m in net.modules() if is_activation(m) or _is_torch_layer(m)}
+    skip = {names[m] for m in net.modules() if is_activation(m) or _library_layer(m)}
     ordered = sorted((f for f in reached if f[0] not in skip), key=order.__getitem__)
     found = [(p, w) for p, kind, w in ordered if kind == "activation"]
     found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]

@@ -151,6 +151,12 @@ class Functional(nn.Module):
     (lambda h: F.cosine_similarity(h, h.flip(0)), "cosine_similarity"),
     (lambda h: h.gather(1, h.argmax(1, keepdim=True)), "argmax"),
     (lambda h: F.hardshrink(h), "hardshrink"),
+    (lambda h: (h.exp_(), h)[1], "exp_"),  # in place, its result unused: h itself changed
+    (lambda h: (h[:, :1].floor_(), h)[1], "floor_"),  # through a view
+    (lambda h: (h.data.clamp_(0, 0.5), h)[1], "clamp_"),  # through .data
+    (lambda h: torch.lerp(h, 0 * h, h), "lerp, a product"),
+    (lambda h: torch.var_mean(h, 1)[0], "var_mean"),
+    (lambda h: F.grid_sample(h, h.permute(0, 2, 3, 1), align_corners=False), "grid_sample, sampling at positions"),
 ])
 def test_nonlinear_operations_in_forward_are_refused(op, what, untraceable):
     # the same operation as a module is refused (MaxPool) or impossible: its functional form must be too
@@ -189,6 +195,72 @@ def test_linear_operations_in_forward_still_convert():
     assert check_by_running(nn.Sequential(Linearish(), nn.Linear(3, 2)), torch.rand(3, 1, 4, 4)) == ([], [])
 
 
+@pytest.mark.parametrize("untraceable", [False, True])
+@pytest.mark.parametrize("op, what", [
+    (lambda h: (h.relu_(), h)[1], "relu_"),
+    (lambda h: (F.relu(h, inplace=True), h)[1], "relu"),
+    (lambda h: (F.elu_(h), h)[1], "elu_"),
+    (lambda h: torch.cat([torch.zeros_like(h).narrow(1, 0, 1).copy_(F.leaky_relu(h[:, :1])), h[:, 1:]], 1),
+     "leaky_relu"),  # written into a buffer
+])
+def test_activations_written_in_place_or_into_a_buffer_are_refused(op, what, untraceable):
+    net = nn.Sequential(Functional(op, untraceable), nn.Linear(1, 2))
+    with pytest.raises(ConversionError, match=rf"uses (Tensor\.)?{what}\b.*own nn.ReLU"):
+        convert_ann(net, Probe, IF(threshold=1.0), example_input=torch.rand(3, 1, 4, 4))
+
+
+def test_outputs_in_dataclasses_and_operations_the_check_cannot_see_are_no_way_around_it():
+    import dataclasses
+
+    from snncutoff.graph import check_by_running
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+
+    @torch.jit.script
+    def scaled(h: torch.Tensor) -> torch.Tensor:  # the run-time check does not see inside TorchScript
+        return h * 2.0
+
+    class Net(nn.Module):
+        def __init__(self, wrap: bool):
+            super().__init__()
+            self.c, self.fc, self.wrap = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(2, 2), wrap
+
+        def forward(self, x):
+            if x.sum() > 1e9:  # fx cannot trace this
+                return x
+            h = F.relu(self.c(x)).mean((2, 3))
+            return Out(self.fc(h)) if self.wrap else self.fc(scaled(h))
+
+    x = torch.rand(3, 1, 4, 4)
+    assert check_by_running(Net(True), x) == ([("", "relu")], [])  # followed into the dataclass
+    # past TorchScript, every finding counts (the control flow's comparison too)
+    assert check_by_running(Net(False), x) == ([("", "relu")], [("", "gt")])
+
+
+def test_a_layer_subclass_with_its_own_forward_is_checked_and_attention_is_refused():
+    class CosineLinear(nn.Linear):  # a cosine classifier: nn.Linear's weights, its own non-linear forward
+        def forward(self, x):
+            return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1)) * 16
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU(), CosineLinear(4, 2))
+    with pytest.raises(ConversionError, match=r"'3' \(CosineLinear\) uses F\.normalize"):
+        convert_ann(net, Probe, IF(threshold=1.0), example_input=torch.rand(3, 1, 4, 4))
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(4, 1, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    net = nn.Sequential(nn.Flatten(2), nn.Linear(16, 4), nn.ReLU(), Attention(), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ConversionError, match=r"layer '3\.mha' \(MultiheadAttention\) cannot be converted"):
+        convert_ann(net, Probe, IF(threshold=1.0), example_input=torch.rand(3, 1, 4, 4))
+
+
 class Rescaled(nn.Module):
     """A conv, a ReLU module and ``op(self, x or h)``: constants shaped or typed after the input."""
 
@@ -214,6 +286,9 @@ class Rescaled(nn.Module):
     lambda m, x: (h := m.act(m.c(x))) / h[0].nelement() / x.numel() * x.dim(),
     lambda m, x: m.act(m.c(x)) * x.new_tensor(0.5) + torch.ones_like(x) * x.new_ones(1) - torch.full_like(x, 2.0),
     lambda m, x: m.act(m.c(x)) * torch.tensor(x.shape[-1] / x.size(2), dtype=x.dtype, device=x.device),
+    lambda m, x: (h := m.act(m.c(x))) * h.new(h.size()).fill_(0.5) * torch.ones_like(input=h),
+    lambda m, x: (h := m.act(m.c(x))) * h.detach().clone().zero_().add_(1),
+    lambda m, x: m.act(m.c(torch.where(x == x, x, 0))).masked_fill((v := x[:, :1]) != v, 0),  # NaN tests
 ])
 def test_values_shaped_or_typed_after_the_input_are_constants(op, untraceable):
     """type_as / to / expand_as / view_as / new_* / *_like / nelement read the input's shape or
