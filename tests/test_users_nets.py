@@ -554,7 +554,7 @@ def test_neurons_fed_transposed_or_token_inputs_or_called_twice_are_no_loop_over
 
     torch.manual_seed(0)
     x, y = DATA[0][0].flatten(1), DATA[0][1]
-    for n in (3, 32):  # n2 is called twice per step on [8 n, 8]
+    for n in (1, 2, 3, 32):  # n2 is called twice per step on [8 n, 8]
         trace = sc.collect_trace("spikingjelly", Tokens(), [(x[:n], y[:n])], T=4, progress=False)
         assert trace.outputs.shape == (4, n, 10)
         with pytest.raises(ValueError, match=rf"neuron 'n1' inputs of shape \[{8 * n}, 8\] for {n} samples.*post hoc"):
@@ -571,6 +571,50 @@ def test_neurons_fed_transposed_or_token_inputs_or_called_twice_are_no_loop_over
     trace = sc.collect_trace("spikingjelly", net, [(x, y)], T=4, progress=False)
     steps = sc.early_exit("spikingjelly", net, x, sc.Stability(2), T=4)[0]
     assert torch.equal(steps, sc.Stability(2).evaluate(trace).exit_step)
+
+    class MultiStepTokens(nn.Module):  # the same in multi-step mode: [T, N, 64] -> [T, 8 N, 8] for the neuron
+        def __init__(self):
+            super().__init__()
+            self.fc, self.n1, self.out = nn.Linear(8, 8), neuron.IFNode(step_mode="m"), nn.Linear(64, 10)
+
+        def forward(self, x):
+            steps, n = x.shape[:2]
+            return self.out(self.n1(self.fc(x.reshape(steps, n * 8, 8))).reshape(steps, n, -1))
+
+    net = MultiStepTokens()
+    assert sc.collect_trace("spikingjelly", net, [(x, y)], T=4, progress=False).outputs.shape == (4, 32, 10)
+    for block in (1, 2, "auto"):
+        with pytest.raises(ValueError, match=r"neuron 'n1' inputs of shape \[\d, 256, 8\] for 32 samples"):
+            sc.early_exit("spikingjelly", net, x, sc.Stability(2), T=4, block=block)
+
+
+def test_a_forward_that_loops_over_a_fixed_number_of_steps_is_refused():
+    """snnTorch's tutorials also loop ``for step in range(num_steps): ... x[step]`` with num_steps
+    smaller than the batch: given one step [N, ...] the neurons see one sample at a time."""
+    snn = _snntorch()
+    from snncutoff.backends.base import LoopsOverTimeError
+
+    class LoopFixed(nn.Module):
+        def __init__(self, num_steps: int = 4):
+            super().__init__()
+            self.num_steps = num_steps
+            self.fc1, self.lif1 = nn.Linear(64, 16), snn.Leaky(beta=0.5, threshold=0.3)
+            self.fc2, self.lif2 = nn.Linear(16, 10), snn.Leaky(beta=0.5, threshold=0.3)
+
+        def forward(self, x):
+            mem1, mem2, rec = self.lif1.init_leaky(), self.lif2.init_leaky(), []
+            for step in range(self.num_steps):
+                spk1, mem1 = self.lif1(self.fc1(x[step].flatten()), mem1)
+                spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+                rec.append(spk2)
+            return torch.stack(rec)
+
+    torch.manual_seed(0)
+    x, y = DATA[0][0][:16], DATA[0][1][:16]  # [16] into lif1 (a multiple of the batch), [10] into lif2
+    with pytest.raises(LoopsOverTimeError, match=r"neuron 'lif2' 4 time\(s\) for 1 step\(s\) of 16 samples"):
+        sc.collect_trace("snntorch", LoopFixed(), [(x, y)], T=4, progress=False)
+    with pytest.raises(LoopsOverTimeError, match="early exit needs a forward that takes one step per call"):
+        sc.early_exit("snntorch", LoopFixed(), x, sc.Confidence(0.5), T=4)
 
 
 def test_spikingjelly_multistep_container_networks_run_as_multistep():

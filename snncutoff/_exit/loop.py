@@ -208,7 +208,7 @@ class Session:
         if first:
             self.first_batch = n
         try:
-            checking = self.backend.checking_steps(self.net, n, k) if first and not self.multistep else nullcontext({})
+            checking = self.backend.checking_steps(self.net, n, k) if first else nullcontext({})
             with checking as unbatched:
                 if k == 1 and not self.multistep:
                     y = self.backend.step(self.net, x[0], self.readout)
@@ -223,9 +223,11 @@ class Session:
             name, shape = next(iter(unbatched.items()))
             raise ValueError(
                 f"{type(self.net).__name__} feeds its neuron '{name}' inputs of shape {list(shape)} for {n} samples: "
-                "their first dimension is not the samples (a transposed or token-flattened input), so the rows of "
-                "its state are not samples and early exit cannot drop an exited sample's. Measure this network post "
-                "hoc: collect_trace(...), then policy.evaluate(trace) (the same exits, without the saving in time)")
+                "their first dimension is not the samples (a transposed or token-flattened input, or a forward that "
+                "loops over its input's first dimension as time), so the rows of its state are not samples and early "
+                "exit cannot drop an exited sample's. A network that takes one step per call, its inputs [N, ...], "
+                "can be measured post hoc: collect_trace(...), then policy.evaluate(trace) (the same exits, without "
+                "the saving in time)")
         self._check(y, k, n)
         if self.classes is None:
             self.classes = y.shape[-1]

@@ -339,17 +339,20 @@ class Backend(ABC):
 
     @contextmanager
     def checking_steps(self, net: nn.Module, n: int, k: int = 1) -> Iterator[dict[str, tuple[int, ...]]]:
-        """Around a single-step call of ``net`` covering ``k`` steps of ``n`` samples: refuse a
-        forward that loops over time itself (``for step in range(x.size(0)): ... x[step]``),
-        which, given one step ``[N, ...]``, loops over the samples instead. Seen as one neuron
-        called on inputs without the batch dimension once per sample and step (at least
-        ``max(n, 2) * k`` times; when the call then fails, the failure is told too). A neuron
-        fed a transposed or token-flattened input, or called twice per step, is not refused.
+        """Around the first call of ``net`` covering ``k`` steps of ``n`` samples (one step
+        ``[n, ...]``, or a block ``[k, n, ...]``): refuse a forward that loops over time itself
+        (``for step in range(x.size(0)): ... x[step]``, or over a fixed ``num_steps``), which,
+        given one step ``[N, ...]``, loops over the samples instead. Seen as a neuron called more
+        than ``k`` times on inputs that hold no batch dimension: neither ``n`` first, nor ``n``
+        anywhere (a transposed input), nor a multiple of ``n`` first (tokens flattened into the
+        batch), so a neuron called twice per step on such inputs is not refused (nor anything
+        for a batch of one sample, where nothing tells the two apart).
 
         Yields ``{neuron: input shape}`` of the neurons fed inputs whose first dimension is not
         the ``n`` samples (filled during the call): their state rows are not samples."""
         calls: dict[str, int] = {}
-        lost: dict[str, tuple[int, ...]] = {}  # neurons fed an input without the batch dimension: its shape
+        lost: dict[str, tuple[int, ...]] = {}  # neurons fed an input whose first dimension is not the samples
+        unbatched: set[str] = set()  # ... and with no sign of the batch anywhere in it
 
         def watch(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple) -> None:
@@ -357,8 +360,11 @@ class Backend(ABC):
                 x = args[0] if args else None
                 if not isinstance(x, Tensor):
                     return
-                if not (x.dim() >= 1 and x.shape[0] == n or x.dim() >= 2 and x.shape[:2] == (k, n)):
-                    lost.setdefault(name, tuple(x.shape))  # neither [n, ...] nor a block's [k, n, ...]
+                shape = tuple(x.shape)
+                if not (len(shape) >= 1 and shape[0] == n or shape[:2] == (k, n)):
+                    lost.setdefault(name, shape)  # neither [n, ...] nor a block's [k, n, ...]
+                    if n >= 2 and (not shape or (n not in shape and shape[0] % n != 0)):
+                        unbatched.add(name)
             return hook
 
         handles = [m.register_forward_pre_hook(watch(name)) for name, m in self.spiking_layers(net)]
@@ -374,7 +380,7 @@ class Backend(ABC):
                 f"output=True; SpikingJelly: single-step mode){failure}")
 
         def looped() -> str | None:
-            return next((name for name in lost if calls[name] >= max(n, 2) * k), None)
+            return next((name for name in lost if name in unbatched and calls[name] > k), None)
 
         try:
             yield lost
