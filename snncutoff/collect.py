@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from ._progress import progress as progress_bar
 from .backends import resolve
 from .backends.base import LoopsOverTimeError
-from .summary import TraceSummary, summarize
+from .summary import TraceSummary, check_summary_classes, summarize
 from .trace import Trace, cumulative
 from .validation import INPUT_HINT, batch_labels, check_choice, check_device, check_finite, check_int, check_labels
 
@@ -243,6 +243,7 @@ def collect_trace(
             if keep == "full":
                 outputs.append(out.float().cpu())
             else:  # the batch's statistics only: its outputs are dropped here (checked as a Trace checks them)
+                check_summary_classes(classes)
                 cum = cumulative(out.float().cpu())
                 check_finite(f"the cumulative outputs of batch {i}", cum)
                 outputs.append(summarize(cum, check_labels(labels[-1], cum.shape[1], classes), max_set_size))

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -87,6 +88,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
     except OSError as exc:
         raise OSError(exc.errno, f"cannot create the folder {path.parent} for {path.name}: {exc.strerror}") from exc
     _remove_stale_temporaries(path)
+    handled = sys.exc_info()[1]
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -100,7 +102,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        stop = _interruption(exc)
+        stop = _interruption(exc, handled)
         if stop is not None and stop is not exc:  # torch's writer, closing after Ctrl-C or SIGTERM, hides it
             raise (KeyboardInterrupt() if isinstance(stop, KeyboardInterrupt) else SystemExit(stop.code)) from exc
         if _disk_full(exc, path.parent):
@@ -111,11 +113,12 @@ def _atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path
     return path
 
 
-def _interruption(exc: BaseException) -> KeyboardInterrupt | SystemExit | None:
+def _interruption(exc: BaseException, handled: BaseException | None) -> KeyboardInterrupt | SystemExit | None:
     """The ``KeyboardInterrupt`` or ``SystemExit`` (SIGTERM) that ``exc`` is, or was raised while
-    handling (and would hide), or None."""
+    handling (and would hide), or None. ``handled``: the exception being handled when the write
+    began (a save made on SIGTERM), which is not the write's to report."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None and exc is not handled and id(exc) not in seen:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             return exc
         seen.add(id(exc))

@@ -75,6 +75,14 @@ def _statistic(name: str, doc: str) -> Callable[[TraceSummary], Tensor]:
     return get
 
 
+def check_summary_classes(C: int) -> int:
+    """``C``, the classes of a summary: at least 2 (its top-1 / top-2 gap), or a ``ValueError`` saying what to do."""
+    if C < 2:
+        raise ValueError(f"a trace summary needs C >= 2 classes (its top-1 / top-2 gap), got C = {C}: a binary "
+                         "classifier's single logit z is one class; give the rules two, torch.cat([-z, z], 1)")
+    return C
+
+
 @dataclass(frozen=True, eq=False)
 class TraceSummary:
     """Per-step statistics ``[T, N]`` of a trace, with its labels and ops (see the module docstring).
@@ -97,10 +105,7 @@ class TraceSummary:
         missing = [f for f in (*FIELDS, "smallest_nonconformity") if f not in self.statistics]
         if missing:
             raise ValueError(f"a trace summary needs the statistics {', '.join(missing)}")
-        object.__setattr__(self, "C", check_int("C", self.C, 1))
-        if self.C < 2:
-            raise ValueError("a trace summary needs C >= 2 classes (its top-1 / top-2 gap), got C = 1: a binary "
-                             "classifier's single logit z is one class; give the rules two, torch.cat([-z, z], 1)")
+        object.__setattr__(self, "C", check_summary_classes(check_int("C", self.C, 1)))
         for name, value in self.statistics.items():
             if not isinstance(value, Tensor) or value.dim() < 2:
                 got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__

@@ -426,7 +426,7 @@ class Trainer:
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"], generator)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a foreign state raises, nothing stays half restored
             self.model.load_state_dict(before[0])
             opt.load_state_dict(before[1])
             sched.load_state_dict(before[2])

@@ -355,6 +355,7 @@ def _damaged(ckpt: dict, **changes) -> dict:
 @pytest.mark.parametrize("changes, message", [
     ({"rng": {"x": 1}}, "restoring its state failed"),
     ({"optimizer": {}}, "restoring its state failed"),
+    ({"optimizer": "adam"}, "restoring its state failed"),
     ({"best_accuracy": None}, "lacks best_accuracy"),
     ({"best_accuracy": "high"}, "restoring its state failed"),
     ({"config": None}, "lacks config"),

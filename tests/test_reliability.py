@@ -257,3 +257,16 @@ def test_ctrl_c_or_sigterm_while_torch_writes_is_an_interrupt_and_leaves_nothing
         _atomic(tmp_path / "t.pt", write)
     assert isinstance(stop, KeyboardInterrupt) or info.value.code == 143
     assert (tmp_path / "t.pt").read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
+
+
+def test_a_save_made_while_handling_sigterm_reports_its_own_error(tmp_path):
+    """The usual "save a last checkpoint on SIGTERM": a failure of that save is its own, not the
+    SystemExit being handled when it began."""
+    from snncutoff.io import atomic_torch_save
+
+    try:
+        raise SystemExit(143)
+    except SystemExit:
+        with pytest.raises(Exception, match="pickle") as info:
+            atomic_torch_save({"f": lambda: 0}, tmp_path / "last.pt")
+    assert not isinstance(info.value, SystemExit) and not list(tmp_path.iterdir())

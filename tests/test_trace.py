@@ -164,3 +164,20 @@ def test_a_one_class_trace_cannot_be_summarised_and_says_what_to_do():
         tr.summary()
     with pytest.raises(ValueError, match=r"needs C >= 2 classes.*torch\.cat\(\[-z, z\], 1\)"):
         TraceSummary(summarize(tr.outputs, tr.labels), tr.labels, 1)
+
+    snn = pytest.importorskip("snntorch")
+
+    class OneLogit(torch.nn.Module):  # said at the first batch, not after the whole loader
+        def __init__(self):
+            super().__init__()
+            self.fc, self.lif, self.batches = torch.nn.Linear(3, 1), snn.Leaky(0.9, init_hidden=True, output=True), 0
+
+        def forward(self, x):
+            self.batches += 1
+            return self.lif(self.fc(x))
+
+    net = OneLogit()
+    with pytest.raises(ValueError, match="needs C >= 2 classes"):
+        sc.collect_trace("snntorch", net, [(torch.rand(4, 3), torch.zeros(4, dtype=torch.long))] * 5, T=2,
+                         keep="summary", progress=False)
+    assert net.batches == 2  # the first batch's two steps
