@@ -130,6 +130,19 @@ def test_sweep_from_stored_traces(compared, tmp_path):
     name = next(iter(d["backends"]))
     assert len(d["backends"][name]["topk"]) == 2 and len(d["backends"][name]["conformal"]) == 1
     assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG
+    assert d["calibration"][name] == f"{name}-calibration.pt" and "warnings" not in d
+
+    import shutil  # a folder from before held-out calibration: the training trace, said loudly and recorded
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for part in ("train", "test"):
+        shutil.copy(out / "traces" / f"{name}-{part}.pt", old)
+    res = CliRunner().invoke(main, ["sweep", "--traces", str(old), "--output-dir", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert d["calibration"] == {name: f"{name}-train.pt"} and "trained on" in d["warnings"][0]
+    assert "warning:" in res.stderr and "no certified bound holds" in res.stderr
 
 
 def test_train_evaluate_convert(tmp_path):
@@ -193,10 +206,16 @@ def test_bad_input_exits_1_with_one_line(args, message, tmp_path):
     assert message in res.output and "Traceback" not in res.output
 
 
-def test_missing_dataset_files_say_how_to_get_them(tmp_path):
+def test_missing_dataset_files_say_how_to_get_them(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["compare", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--quiet",
-                                    "--output-dir", str(tmp_path / "out")])
+                                    "--output-dir", str(tmp_path / "out" / "run"), "--cache-dir",
+                                    str(tmp_path / "cache")])
     assert res.exit_code == 1 and "cifar10 not found" in res.output and "download" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no empty folder of its making is left
+    monkeypatch.chdir(tmp_path)  # the default folder too
+    res = CliRunner().invoke(main, ["compare", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--quiet",
+                                    "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 1 and not list(tmp_path.iterdir())
 
 
 def test_cuda_asked_but_absent(tmp_path):
@@ -384,3 +403,14 @@ def test_too_small_a_calibration_set_is_refused_before_training_and_leaves_no_fo
     assert "--calibration-size" in res.output and "fit_on" not in res.output
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing trained
     assert not any((tmp_path / "snncutoff-results").glob("compare-*"))  # no empty results folder left
+
+
+def test_the_ann_cache_key_ignores_T_where_the_ann_never_sees_it():
+    """A converted ANN on static inputs trains without time steps: any T reuses it. The direct
+    route trains the SNN over T steps, and event data sets make T frames: T is in their keys."""
+    from snncutoff_bench.config import BenchConfig
+
+    assert BenchConfig(T=16).ann_key() == BenchConfig(T=8).ann_key()
+    assert BenchConfig(T=16, seed=1).ann_key() != BenchConfig(T=16).ann_key()
+    assert BenchConfig(T=4, route="direct").ann_key() != BenchConfig(T=8, route="direct").ann_key()
+    assert BenchConfig(T=16, dataset="n-mnist").ann_key() != BenchConfig(T=8, dataset="n-mnist").ann_key()

@@ -41,8 +41,12 @@ def handle_errors(fn):
         ctx = click.get_current_context()
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+        _created.clear()
+        done = False
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            done = True
+            return result
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the point is to format any failure
@@ -50,10 +54,26 @@ def handle_errors(fn):
                 traceback.print_exc()
             raise BenchError(f"{type(exc).__name__}: {exc}") from exc
         finally:
+            if not done:  # a failed or stopped command leaves no empty folder of its own making
+                for folder in reversed(_created):
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        pass  # not empty (or gone): left as it is
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
 
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(wrapper)
+
+
+_created: list[Path] = []  # folders the running command made, parents first (see handle_errors)
+
+
+def _make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, remembering which folders it made."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    _created.extend(reversed(missing))
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -89,6 +109,7 @@ def _output_dir(path: str | None, command: str, kind: str | None = None) -> Path
         out = base if k == 0 else base.with_name(f"{base.name}-{k}")
         try:
             out.mkdir()
+            _created.append(out)
             return out
         except FileExistsError:
             continue
@@ -111,7 +132,7 @@ def _refuse_others(out: Path, kind: str) -> None:
 def _writable(folder: Path, what: str) -> None:
     """Create ``folder`` and check a file can be written in it, or fail with a one-line error."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as exc:
@@ -298,8 +319,6 @@ def _compare(cfg: BenchConfig, output_dir: str | None, quiet: bool, as_json: boo
                 pass
         elif rank == 0:
             shutil.rmtree(stage, ignore_errors=True)  # a failed run's partial files
-            if not output_dir and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()  # the folder made for this run holds nothing: leave none behind
         if isinstance(exc, BenchInputError):
             raise BenchError(str(exc)) from exc
         raise

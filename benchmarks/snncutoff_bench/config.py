@@ -63,11 +63,13 @@ class BenchConfig:
 
     def ann_key(self) -> str:
         """Hash of what determines the trained ANN (the checkpoint cache key)."""
-        tc = self.train_config()
+        train = asdict(self.train_config())
+        if self.route == "convert" and train["encoder"] == "direct":
+            del train["T"]  # an ANN on static inputs trains without time steps: one checkpoint serves every T
         blob = json.dumps({"dataset": self.dataset, "data": _data_fingerprint(self.dataset), "model": self.model,
                            "levels": self.levels, "route": self.route, "calibration_size": self.calibration_size,
                            "input_size": self.input_size,
-                           "train": asdict(tc), "torch": torch.__version__.split("+")[0],
+                           "train": train, "torch": torch.__version__.split("+")[0],
                            "threads": torch.get_num_threads()},  # (float sums' order: 1 thread trains another net)
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -176,6 +176,13 @@ def sweep(traces_dir, policies, epsilons, alphas, output_dir, quiet, as_json) ->
                         None)
         if cal_path is None:
             raise BenchError(f"{folder / (name + '-calibration.pt')} is missing: rules are calibrated on it")
+        results.setdefault("calibration", {})[name] = cal_path.name
+        if cal_path.name.endswith("-train.pt"):
+            note = (f"{name}: no {name}-calibration.pt in {folder}, so the rules are calibrated on {cal_path.name}, "
+                    "samples the network was trained on: exits are optimistic and no certified bound holds (run "
+                    "compare again to write a held-out calibration trace)")
+            results.setdefault("warnings", []).append(note)
+            click.echo(f"warning: {note}", err=True)
         sw = sweep_results(Trace.load(cal_path), Trace.load(test_path), fams, values)
         results["backends"][name] = sw
         curves[name] = {fam: [(p["mean_steps"], p["accuracy"]) for p in pts] for fam, pts in sw.items()}
