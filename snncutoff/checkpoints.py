@@ -83,7 +83,9 @@ def load_model(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     mismatch = state_dict_mismatch(model, ckpt["model"])
     if mismatch:
         raise ValueError(f"checkpoint {path} does not match the model ({type(model).__name__}): {mismatch}; it was "
-                         "written for another architecture, number of classes, input size or QCFS levels")
+                         "written for another architecture, number of classes, input size or QCFS levels, or for "
+                         "an SNN (snncutoff-bench train --route direct writes SNNs; evaluate and convert take the "
+                         "ANN of --route convert)")
     bad = [k for k, v in ckpt["model"].items() if isinstance(v, Tensor) and v.is_floating_point()
            and not bool(torch.isfinite(v).all()) and not k.endswith("threshold")]
     if bad:

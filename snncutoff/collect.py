@@ -59,7 +59,15 @@ def encode(x: Tensor, T: int, encoder: Encoder = "direct") -> Tensor:
         return seq[:T]
     if encoder == "none":
         return x
-    raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
+    raise _unknown_encoder(encoder)
+
+
+def _unknown_encoder(encoder: object) -> ValueError:
+    return ValueError(
+        f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable (x [N, ...], T) -> [T, N, ...], "
+        f"got {encoder!r}. Spike codings come from the frameworks: e.g. lambda x, T: snntorch.spikegen.rate(x, "
+        "num_steps=T), or torch.stack([spikingjelly's encoding.PoissonEncoder()(x) for _ in range(T)]) (inputs in "
+        "[0, 1]; snncutoff_bench.encoders.make builds the CLI's --encoder rate / poisson / latency)")
 
 
 def _shape_advice(out: Tensor, T: int, whole: bool, name: str) -> str:
@@ -185,7 +193,7 @@ def collect_trace(
     check_choice("keep", keep, ("full", "summary"))
     max_set_size = check_int("max_set_size", max_set_size, 1)
     if not callable(encoder) and encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))} or a callable, got {encoder!r}")
+        raise _unknown_encoder(encoder)
     backend.check_network(net)
     whole = multistep if multistep is not None else backend.is_multistep(net)
     if device is not None:

@@ -153,6 +153,8 @@ REFUSED = [
     (lambda: TrainConfig(rcs_alpha=math.nan), ValueError, "rcs_alpha must be a finite number"),
     (lambda: TrainConfig(rcs_fraction=2), ValueError, "rcs_fraction must lie in"),
     (lambda: TrainConfig(encoder="bogus"), ValueError, "encoder must be one of"),
+    (lambda: sc.collect_trace(*_snn(), _loader(), T=2, encoder="poisson", progress=False), ValueError,
+     r"encoder must be one of .*got 'poisson'\. Spike codings come from the frameworks: .*spikegen\.rate"),
     (lambda: Trainer(None), TypeError, "model must be a torch.nn.Module"),
     (lambda: Trainer(models.get("cnn"), device="bogus"), ValueError, "device must be"),
     (lambda: Trainer(models.get("cnn"), TrainConfig(epochs=1), progress=False).fit(

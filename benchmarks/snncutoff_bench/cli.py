@@ -49,6 +49,9 @@ def handle_errors(fn):
             return result
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, as SIGTERM gets 143
+            click.echo("interrupted", err=True)
+            raise SystemExit(130) from None
         except Exception as exc:  # noqa: BLE001 - the point is to format any failure
             if debug or ctx.find_root().params.get("debug"):
                 traceback.print_exc()
