@@ -30,7 +30,18 @@ def test_compare_writes_results_traces_and_plots(compared):
     d = json.loads((out / "results.json").read_text())
     assert d["schema"] == "snncutoff-bench/compare/2" and d["seed"] == 0
     assert {"config", "command", "versions", "ann", "backends", "agreement", "plots", "data"} <= set(d)
-    assert d["data"] == {"train": 876, "calibration": 471, "test": 450}  # 35 % of the training split held out
+    assert d["data"] == {"train": 876, "calibration": 471, "test": 450, "classes": 10}  # 35 % held out
+    import copy
+
+    from snncutoff_bench.report import compare_table  # an SNN at chance is said to be
+
+    chance = copy.deepcopy(d)
+    for e in chance["backends"].values():
+        e["snn_accuracy"] = 0.9
+    assert "chance level" not in compare_table(chance)
+    name = next(iter(chance["backends"]))
+    chance["backends"][name]["snn_accuracy"] = 0.1
+    assert f"warning: {name}'s SNN is at chance level (10.00% for 10 classes)" in compare_table(chance)
     for name, e in d["backends"].items():
         assert name in backends.names()
         assert {"ann_accuracy", "snn_accuracy", "accuracy_per_step", "oct", "policies", "timing", "sweep"} <= set(e)

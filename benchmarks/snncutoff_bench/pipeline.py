@@ -112,7 +112,7 @@ def run_compare(cfg: BenchConfig, output_dir: Path, quiet: bool = False, command
         "config": {**asdict(cfg), "backends": names},
         "versions": _versions(),
         "seed": cfg.seed,
-        "data": {k: len(v.dataset) for k, v in loaders.items()},
+        "data": {**{k: len(v.dataset) for k, v in loaders.items()}, "classes": split.num_classes},
         "backends": {},
     }
     ann = init = None

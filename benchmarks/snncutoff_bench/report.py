@@ -44,6 +44,12 @@ def compare_table(results: dict) -> str:
             lines.append(f"| {name} | {pol} | {_pct(r['accuracy'])} | {r['mean_steps']:.2f} | "
                          f"{r.get('over_oct', float('nan')):.2f}x | {r.get('loss_vs_T', float('nan')):+.2f} | "
                          f"{r['speedup']:.2f}x | {_pct(r.get('ops_saved'))} | {_certified(r)} |")
+    classes = (data or {}).get("classes")
+    for name, e in results["backends"].items():
+        if classes and e["snn_accuracy"] <= 1.5 / classes:
+            lines += ["", f"warning: {name}'s SNN is at chance level ({_pct(e['snn_accuracy'])} for {classes} "
+                          "classes): its cutoff figures, certified ones included, say nothing; train longer "
+                          "(--epochs) or check the data"]
     lines += conversion_table(results)
     lines += ["", "| backend | version | run ms/step | step ms/step | trace collection s |", "|---|---|---:|---:|---:|"]
     for name, e in results["backends"].items():
