@@ -586,6 +586,8 @@ def test_neurons_fed_transposed_or_token_inputs_or_called_twice_are_no_loop_over
     for block in (1, 2, "auto"):
         with pytest.raises(ValueError, match=r"neuron 'n1' inputs of shape \[\d, 256, 8\] for 32 samples"):
             sc.early_exit("spikingjelly", net, x, sc.Stability(2), T=4, block=block)
+    with pytest.raises(ValueError, match=r"inputs of shape \[1, 8, 8\] for 1 samples"):  # not [k, n] = [1, 1]
+        sc.early_exit("spikingjelly", net, x[:1], sc.Stability(2), T=4, block=1)
 
 
 def test_a_forward_that_loops_over_a_fixed_number_of_steps_is_refused():

@@ -349,25 +349,28 @@ class Backend(ABC):
         for a batch of one sample, where nothing tells the two apart).
 
         Yields ``{neuron: input shape}`` of the neurons fed inputs whose first dimension is not
-        the ``n`` samples (filled during the call): their state rows are not samples."""
+        the ``n`` samples (filled during the call): their state rows are not samples. A neuron
+        that takes sequences (:meth:`takes_sequences`) must be fed ``[k, n, ...]``: its ``[1, 8, 8]``
+        for one sample is 8 token rows, not one step of one sample."""
         calls: dict[str, int] = {}
         lost: dict[str, tuple[int, ...]] = {}  # neurons fed an input whose first dimension is not the samples
         unbatched: set[str] = set()  # ... and with no sign of the batch anywhere in it
 
-        def watch(name: str) -> Callable[..., None]:
+        def watch(name: str, sequences: bool) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple) -> None:
                 calls[name] = calls.get(name, 0) + 1
                 x = args[0] if args else None
                 if not isinstance(x, Tensor):
                     return
                 shape = tuple(x.shape)
-                if not (len(shape) >= 1 and shape[0] == n or shape[:2] == (k, n)):
+                if not (shape[:2] == (k, n) or not sequences and len(shape) >= 1 and shape[0] == n):
                     lost.setdefault(name, shape)  # neither [n, ...] nor a block's [k, n, ...]
                     if n >= 2 and (not shape or (n not in shape and shape[0] % n != 0)):
                         unbatched.add(name)
             return hook
 
-        handles = [m.register_forward_pre_hook(watch(name)) for name, m in self.spiking_layers(net)]
+        handles = [m.register_forward_pre_hook(watch(name, self.takes_sequences(m)))
+                   for name, m in self.spiking_layers(net)]
 
         def refusal(name: str, failure: str = "") -> LoopsOverTimeError:
             return LoopsOverTimeError(
