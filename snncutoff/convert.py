@@ -41,6 +41,7 @@ from .graph import (
     is_dropout,
     is_empty_sequential,
     is_voting,
+    library_packages,
 )
 from .spec import IF
 from .stats import nearest_rank
@@ -174,13 +175,15 @@ def _first_example(calibration: Iterable | None, example_input: Tensor | None) -
 
 def _unsupported(ann: nn.Module, maxpool: str) -> tuple[str, nn.Module] | None:
     """The first layer the inference conversion cannot turn into a spiking equivalent, or None."""
+    packages = library_packages()
     for path, m in ann.named_modules():
         if m is ann or is_activation(m) or is_dropout(m) or is_empty_sequential(m):
             continue
         if isinstance(m, _MAXPOOL):
             if maxpool != "avg":
                 return path, m
-        elif (len(m._modules) == 0 or _library_layer(m)) and not isinstance(m, SUPPORTED) and not is_voting(m):
+        elif (len(m._modules) == 0 or _library_layer(m, packages)) and not (isinstance(m, SUPPORTED)
+                                                                            or is_voting(m)):
             return path, m
     return None
 

@@ -175,18 +175,31 @@ def _is_torch_layer(m: nn.Module) -> bool:
         c is not nn.Module and c.__module__.startswith("torch.nn.") for c in type(m).__mro__)
 
 
-def _library_layer(m: nn.Module) -> bool:
-    """A torch.nn layer whose ``forward`` is a library's own (torch's, SpikingJelly's, snnTorch's):
-    checked as a module. A subclass with a ``forward`` of its own is checked like any code."""
-    return _is_torch_layer(m) and type(m).forward.__module__.split(".")[0] in ("torch", "spikingjelly", "snntorch")
+def library_packages() -> frozenset[str]:
+    """``torch`` and the packages whose layers the registered backends declare as their own
+    (:attr:`Backend.layer_packages`)."""
+    from .backends.registry import layer_packages  # (the backends import this module)
+
+    return frozenset({"torch"}) | layer_packages()
+
+
+def _library_layer(m: nn.Module, packages: frozenset[str]) -> bool:
+    """A torch.nn layer whose ``forward`` is a library's own (torch's, or of a package in
+    ``packages``: :func:`library_packages`): checked as a module. A subclass with a ``forward``
+    of its own is checked like any code."""
+    return _is_torch_layer(m) and type(m).forward.__module__.split(".")[0] in packages
 
 
 class _Tracer(torch.fx.Tracer):
     """fx tracer that keeps constraint activations and torch layers (subclasses too) whole: their
     own forward (relu in a constraint, max pooling in a MaxPool) is checked as a module."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.packages = library_packages()
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Activation) or _library_layer(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, Activation) or _library_layer(m, self.packages) or super().is_leaf_module(m, qualname)
 
 
 Findings = list[tuple[str, str]]
@@ -378,7 +391,8 @@ def check_by_running(net: nn.Module, example: Tensor) -> tuple[Findings, Finding
     reached = frozenset(order) if all(c is None for c in traced) else frozenset().union(*(c or () for c in traced))
     # the constraints' own forward uses relu/clamp internally: not a functional activation; the
     # layers the converter checks as modules (MaxPool, norms) run their own functionals
-    skip = {names[m] for m in net.modules() if is_activation(m) or _library_layer(m)}
+    packages = library_packages()
+    skip = {names[m] for m in net.modules() if is_activation(m) or _library_layer(m, packages)}
     ordered = sorted((f for f in reached if f[0] not in skip), key=order.__getitem__)
     found = [(p, w) for p, kind, w in ordered if kind == "activation"]
     found += [(p, f"activation module called {n} times per forward") for p, n in calls.items() if n > 1]

@@ -126,3 +126,35 @@ def test_adapters_do_not_import_heavy_modules():
     pytest.importorskip("spikingjelly.activation_based.neuron")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_backends_own_layers_are_checked_as_modules_and_others_as_code(monkeypatch):
+    """The converter's check reads a torch layer subclass's own forward as code unless a registered
+    backend declares its package (Backend.layer_packages): the core names no framework."""
+    import torch.nn.functional as F
+
+    from snncutoff.backends import registry
+    from snncutoff.graph import _scan, library_packages
+
+    class Normalized(nn.Linear):
+        def forward(self, x):
+            return F.linear(F.normalize(x, dim=1), self.weight)
+
+    Normalized.forward.__module__ = "acme_snn.layers"  # as if defined in a framework's package
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Normalized(4, 2))
+    assert _scan(net) == ([], [("2", "F.normalize")])
+    installed = {name for name in ("spikingjelly", "snntorch") if backends.available(name)[0]}
+    assert installed <= library_packages() and "acme_snn" not in library_packages()
+
+    class Acme(backends.Backend):
+        name = "acme"
+        layer_packages = ("acme_snn",)
+
+    monkeypatch.setitem(registry._registered, "acme", Acme)
+    registry._layer_packages.cache_clear()
+    try:
+        assert "acme_snn" in library_packages() and _scan(net) == ([], [])
+    finally:
+        monkeypatch.undo()
+        registry._layer_packages.cache_clear()
+    assert "acme_snn" not in library_packages()

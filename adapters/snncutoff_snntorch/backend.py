@@ -38,6 +38,7 @@ class SnnTorchBackend(Backend):
     """snnTorch adapter (no options: snnTorch has no alternative kernels)."""
 
     name = "snntorch"
+    layer_packages = ("snntorch",)
     install_hint = INSTALL_HINT
     neuron_hint = "a SpikingNeuron such as snn.Leaky or snn.Synaptic"
 

@@ -49,6 +49,7 @@ class SpikingJellyBackend(Backend):
     """
 
     name = "spikingjelly"
+    layer_packages = ("spikingjelly",)
     options = ("gpu_kernel",)
     neuron_hint = "a base.MemoryModule such as neuron.IFNode or neuron.LIFNode"
     step_modes = ("s", "m")

@@ -61,6 +61,9 @@ class Backend(ABC):
     step_modes: ClassVar[tuple[str, ...]] = ("s",)
     #: the mode to run whole sequences in (trace collection, training) where the framework has a choice
     preferred_step_mode: ClassVar[str] = "s"
+    #: top-level packages whose layers (torch.nn subclasses) run the framework's own ``forward``: the
+    #: converter's check takes them as modules, not as code to read (:func:`registry.layer_packages`)
+    layer_packages: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------- framework hooks
     @abstractmethod

@@ -14,6 +14,7 @@ imports only its adapter module, and the adapter imports its framework lazily.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,23 @@ _registered: dict[str, Callable[..., Backend]] = {}
 def register(name: str, factory: Callable[..., Backend]) -> None:
     """Register a backend in this process (an installed entry point needs no call to this)."""
     _registered[name] = factory
+    _layer_packages.cache_clear()
+
+
+def layer_packages() -> frozenset[str]:
+    """The :attr:`Backend.layer_packages` of every registered backend whose adapter loads."""
+    return _layer_packages(tuple(names()))
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_packages(registered: tuple[str, ...]) -> frozenset[str]:
+    found: set[str] = set()
+    for name in registered:
+        try:
+            found.update(getattr(_factory(name), "layer_packages", ()))
+        except (ImportError, KeyError):
+            continue  # an adapter that does not load has no layers in the network either
+    return frozenset(found)
 
 
 def _entry_points() -> dict[str, md.EntryPoint]:
